@@ -1,0 +1,1 @@
+"""Normalization layers, hands-on: reference implementation and grading tools."""
