@@ -10,3 +10,6 @@ models. Import the pieces from this package::
 from .scopes import (CHANNEL_FIRST_LAYOUTS, LAYOUTS, NORMS, SCOPES, Scope, reduction_axes, scope,
                      scope_mask, statistics_view)
 from .forward import batch_norm, group_norm, instance_norm, layer_norm, normalize, rms_norm
+from .backward import batch_norm_backward, layer_norm_backward, rms_norm_backward
+from .jacobians import (batch_norm_jacobian, layer_norm_jacobian, layer_norm_jacobian_eigen,
+                        rms_norm_jacobian, spectral_norm)
