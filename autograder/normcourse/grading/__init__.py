@@ -1,0 +1,1 @@
+"""Grading tools: comparisons with actionable messages, problem-set parts, self-check, instructor pipeline."""
