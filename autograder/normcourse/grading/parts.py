@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
+import os
 import pkgutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,10 +172,22 @@ def register(parts: Sequence[Part]) -> None:
         _REGISTRY[key] = part
 
 
+#: Extra problem-set modules outside the package (``os.pathsep``-separated .py files), for example a
+#: test fixture or a course's local problem set. Kernels and sandboxes inherit it from the grader.
+EXTRA_PROBLEMS_ENV = "NORMCOURSE_EXTRA_PROBLEMS"
+
+
 def _load_problem_modules() -> None:
     from . import problems
     for info in pkgutil.iter_modules(problems.__path__):
         importlib.import_module(f"{problems.__name__}.{info.name}")
+    for path in filter(None, os.environ.get(EXTRA_PROBLEMS_ENV, "").split(os.pathsep)):
+        name = "normcourse_extra_problems_" + os.path.splitext(os.path.basename(path))[0]
+        if name not in sys.modules:  # import each file once, so its Parts register once
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
 
 
 def problem_sets() -> list[str]:
