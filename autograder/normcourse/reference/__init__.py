@@ -10,6 +10,8 @@ models. Import the pieces from this package::
 from .scopes import (CHANNEL_FIRST_LAYOUTS, LAYOUTS, NORMS, SCOPES, Scope, reduction_axes, scope,
                      scope_mask, statistics_view)
 from .forward import batch_norm, group_norm, instance_norm, layer_norm, normalize, rms_norm
+from .attention import attention_entropy, compare_placements, per_layer_grad_norms
 from .backward import batch_norm_backward, layer_norm_backward, rms_norm_backward
 from .jacobians import (batch_norm_jacobian, layer_norm_jacobian, layer_norm_jacobian_eigen,
                         rms_norm_jacobian, spectral_norm)
+from .measurements import internal_covariate_shift, landscape_probe, layer_groups
