@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Build the book into _build/html, strictly: every chapter is executed (or taken from the execution
+# cache when its code is unchanged) and any Sphinx warning -- a failing cell, a broken reference, a
+# missing citation, output on stderr -- fails the build.
+#
+#   bash scripts/build_book.sh            set up .venv if needed, then build
+#   BOOK_SKIP_SETUP=1 bash scripts/build_book.sh   skip the set-up check (the tests use this)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${BOOK_SKIP_SETUP:-}" ]; then
+  bash scripts/setup.sh
+fi
+PY=.venv/bin/python
+
+# MathJax 3, served from the site itself (the default would load it from a CDN). Copied fresh from the
+# installed django-static-mathjax package each time so that nothing vendored goes stale; _config.yml
+# points html_static_path at _build/mathjax and mathjax_path at mathjax/tex-chtml.js.
+mathjax_es5=$("$PY" -c 'import mathjax, pathlib; print(pathlib.Path(mathjax.__file__).parent / "static" / "mathjax" / "es5")')
+target=_build/mathjax/mathjax
+rm -rf _build/mathjax
+mkdir -p "$target/output/chtml/fonts" "$target/input/tex"
+cp "$mathjax_es5/tex-chtml.js" "$target/"
+cp -r "$mathjax_es5/output/chtml/fonts/woff-v2" "$target/output/chtml/fonts/"
+cp -r "$mathjax_es5/input/tex/extensions" "$target/input/tex/"
+
+# Strict clean: Sphinx repeats no warning for a page it does not re-read, so throw away the HTML and
+# the doctrees, but keep _build/.jupyter_cache (unchanged chapters are not re-executed).
+rm -rf _build/html _build/.doctrees _build/jupyter_execute
+
+log=_build/build.log
+start=$(date +%s)
+set +e
+.venv/bin/jupyter-book build . -W -n --keep-going 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+elapsed=$(( $(date +%s) - start ))
+
+echo
+echo "Chapter execution (MyST-NB's record; 'executed at' older than this build = taken from the cache):"
+"$PY" scripts/book_exec_times.py _build || true
+echo "Book build took ${elapsed} s."
+
+# Belt and braces: -W already turns warnings into a failing exit status; also refuse a log with any.
+warnings=$(grep -cE "(WARNING|ERROR|CRITICAL):" "$log" || true)
+if [ "$status" -ne 0 ] || [ "$warnings" -ne 0 ]; then
+  echo "Book build FAILED (exit status $status, $warnings warning/error lines in $log)." >&2
+  ls _build/html/reports 2>/dev/null | sed 's/^/  traceback: _build\/html\/reports\//' >&2 || true
+  exit 1
+fi
+echo "Book built with zero warnings: open _build/html/index.html"
