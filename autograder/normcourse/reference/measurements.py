@@ -1,0 +1,252 @@
+r"""Measurements of a torch model's optimization, as Santurkar et al. (2018) define them.
+
+- :func:`internal_covariate_shift` -- Definition 2.1: how much layer :math:`i`'s gradient changes when
+  the layers before it take their SGD step first.
+- :func:`landscape_probe` -- Section 3: move along the gradient and record how much the loss and the
+  gradient change (loss range, gradient predictiveness, effective :math:`\beta`-smoothness).
+- :func:`layer_groups` -- which parameters make up "layer :math:`i`".
+
+Both measurements are pure: they use ``torch.autograd.grad`` (so no ``.grad`` is touched), replay the
+same randomness in every forward pass (noise generators, dropout), and put back every parameter,
+buffer (BatchNorm running statistics), random state and the train/eval mode bit-exactly. The model's
+mode is the caller's choice: in training mode BatchNorm uses the batch statistics, as during training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["layer_groups", "internal_covariate_shift", "landscape_probe"]
+
+#: Modules that start a new "layer"; parameterized modules after them (e.g. a norm's gain and bias)
+#: belong to the same layer.
+WEIGHTED_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
+    r"""Split a model's trainable parameters into layers, in the order the modules are registered.
+
+    A layer starts at each ``nn.Linear`` or convolution and also owns the parameters of the modules
+    registered after it up to the next one (a normalization's :math:`\gamma, \beta`). For
+    ``Linear -> BatchNorm1d -> ReLU -> Linear`` this gives two layers: ``[W1, b1, gamma, beta]`` and
+    ``[W2, b2]``.
+
+    Args:
+        model: any ``nn.Module``.
+
+    Returns:
+        list of ``(name, parameters)``, where ``name`` is the module name that starts the layer.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+        >>> [(name, len(ps)) for name, ps in layer_groups(net)]
+        [('0', 4), ('3', 2)]
+    """
+    groups: list[tuple[str, list[nn.Parameter]]] = []
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        if isinstance(module, WEIGHTED_MODULES) or not groups:
+            groups.append((name or "model", own))
+        else:
+            groups[-1][1].extend(own)
+    return groups
+
+
+def _generators(model: nn.Module) -> list[torch.Generator]:
+    return [m.generator for m in model.modules() if isinstance(getattr(m, "generator", None), torch.Generator)]
+
+
+@contextlib.contextmanager
+def _preserved(model: nn.Module):
+    """Snapshot the model; yield ``replay`` (reset all randomness to the snapshot); restore on exit."""
+    state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    generators = _generators(model)
+    generator_states = [g.get_state() for g in generators]
+    global_rng = torch.get_rng_state()
+    modes = [m.training for m in model.modules()]
+
+    def replay():
+        for g, s in zip(generators, generator_states):
+            g.set_state(s)
+        torch.set_rng_state(global_rng)
+
+    try:
+        yield replay
+    finally:
+        with torch.no_grad():
+            for key, tensor in model.state_dict(keep_vars=True).items():
+                tensor.copy_(state[key])
+        replay()
+        for m, mode in zip(model.modules(), modes):
+            m.training = mode
+
+
+def _gradient(model, loss_fn, batch, params) -> tuple[float, list[torch.Tensor]]:
+    x, y = batch
+    loss = loss_fn(model(x), y)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return float(loss.detach()), [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def _flat64(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+
+
+def internal_covariate_shift(model: nn.Module, loss_fn: Callable, batch, lr: float,
+                             layers: list[tuple[str, list[nn.Parameter]]] | None = None) -> dict:
+    r"""Internal covariate shift of every layer, Santurkar et al.'s Definition 2.1.
+
+    .. math::
+        G_i = \nabla_{W_i} \mathcal L(W_1, \dots, W_k; x, y), \qquad
+        G_i' = \nabla_{W_i} \mathcal L(W_1', \dots, W_{i-1}', W_i, \dots, W_k; x, y),
+        \qquad W_j' = W_j - \eta\, G_j,
+
+    and the shift of layer :math:`i` is reported as :math:`\lVert G_i - G_i' \rVert_2` and
+    :math:`\cos(G_i, G_i') = \langle G_i, G_i' \rangle / (\lVert G_i\rVert \lVert G_i' \rVert)`.
+    :math:`G_i'` is the gradient layer :math:`i` would get if the layers before it had already taken
+    this step's SGD update, i.e. it measures how much the update of the earlier layers changes the
+    optimization problem layer :math:`i` faces. Layer 1 has no earlier layers: its shift is exactly 0
+    and its cosine 1. All passes use the same batch and the same randomness.
+
+    Args:
+        model: the network; left exactly as found (parameters, buffers, random states, mode).
+        loss_fn: called as ``loss_fn(model(x), y)``, returns a scalar.
+        batch: a pair ``(x, y)``.
+        lr: the SGD step size :math:`\eta` of the earlier layers.
+        layers: ``(name, parameters)`` per layer; default :func:`layer_groups` (a linear or
+            convolutional layer together with the normalization parameters after it).
+
+    Returns:
+        dict of numpy arrays of length :math:`k` (and the names):
+
+        - ``"layers"``: the layer names;
+        - ``"l2"``: :math:`\lVert G_i - G_i'\rVert_2`;
+        - ``"cosine"``: :math:`\cos(G_i, G_i')` (``nan`` if a gradient is exactly zero);
+        - ``"grad_norm"``: :math:`\lVert G_i \rVert_2`, to put ``l2`` on a relative scale.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+        >>> ics = internal_covariate_shift(net, nn.functional.cross_entropy, (x, y), lr=0.1)
+        >>> float(ics["l2"][0])
+        0.0
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry, "How Does Batch Normalization Help Optimization?",
+    NeurIPS 2018, Definition 2.1 and Figure 3.
+    """
+    groups = layer_groups(model) if layers is None else layers
+    sizes = [len(ps) for _, ps in groups]
+    params = [p for _, ps in groups for p in ps]
+    l2, cosine, grad_norm = [], [], []
+    with _preserved(model) as replay:
+        replay()
+        _, flat_grads = _gradient(model, loss_fn, batch, params)
+        grads = []
+        start = 0
+        for size in sizes:
+            grads.append(flat_grads[start:start + size])
+            start += size
+        for i, (_, layer_params) in enumerate(groups):
+            if i > 0:  # layers 1..i-1 have stepped: add the step of layer i-1 to the earlier ones
+                with torch.no_grad():
+                    for p, g in zip(groups[i - 1][1], grads[i - 1]):
+                        p.sub_(lr * g)
+            replay()
+            _, shifted = _gradient(model, loss_fn, batch, layer_params)
+            g, g_shifted = _flat64(grads[i]), _flat64(shifted)
+            norm, norm_shifted = torch.linalg.vector_norm(g), torch.linalg.vector_norm(g_shifted)
+            l2.append(float(torch.linalg.vector_norm(g - g_shifted)))
+            grad_norm.append(float(norm))
+            denominator = float(norm * norm_shifted)
+            cosine.append(float(g @ g_shifted) / denominator if denominator > 0 else float("nan"))
+    return {"layers": [name for name, _ in groups], "l2": np.array(l2), "cosine": np.array(cosine),
+            "grad_norm": np.array(grad_norm)}
+
+
+def landscape_probe(model: nn.Module, loss_fn: Callable, batch, step_sizes: Sequence[float]) -> dict:
+    r"""Loss and gradient along the gradient direction, Santurkar et al.'s Section 3 probes.
+
+    With :math:`\theta` the current parameters and :math:`g = \nabla \mathcal L(\theta)` on ``batch``,
+    for each step size :math:`\eta` in ``step_sizes``:
+
+    .. math::
+        \mathcal L_\eta = \mathcal L(\theta - \eta g), \qquad
+        \Delta_\eta = \lVert \nabla \mathcal L(\theta) - \nabla \mathcal L(\theta - \eta g) \rVert_2,
+
+    and the three summaries are
+
+    .. math::
+        \text{loss range} = \max_\eta \mathcal L_\eta - \min_\eta \mathcal L_\eta, \quad
+        \text{gradient predictiveness} = \max_\eta \Delta_\eta, \quad
+        \beta_{\text{eff}} = \max_{\eta > 0} \frac{\Delta_\eta}{\lVert \eta g \rVert_2}.
+
+    A small loss range means the loss is close to Lipschitz along the step; a small
+    :math:`\Delta` means the gradient at the current point predicts the gradient after the step;
+    :math:`\beta_{\text{eff}}` is the smallest :math:`\beta` for which
+    :math:`\lVert \nabla\mathcal L(a) - \nabla\mathcal L(b)\rVert \le \beta \lVert a - b\rVert` holds
+    on the probed points (for a quadratic :math:`\tfrac12 \theta^\top A \theta` it is
+    :math:`\lVert A g\rVert / \lVert g \rVert \le \lambda_{\max}(A)`). The range is taken over the
+    given step sizes only: include 0 to count the starting point.
+
+    Args:
+        model: the network; left exactly as found (parameters, buffers, random states, mode).
+        loss_fn: called as ``loss_fn(model(x), y)``, returns a scalar.
+        batch: a pair ``(x, y)``; every probe uses it (and the same randomness).
+        step_sizes: the :math:`\eta` values, e.g. ``np.linspace(0.05, 0.4, 8)``.
+
+    Returns:
+        dict with ``"step_sizes"``, ``"losses"`` (:math:`\mathcal L_\eta`), ``"grad_changes"``
+        (:math:`\Delta_\eta`) as numpy arrays of length ``len(step_sizes)``, and the floats
+        ``"loss"`` (at :math:`\theta`), ``"grad_norm"`` (:math:`\lVert g\rVert`), ``"loss_range"``,
+        ``"gradient_predictiveness"``, ``"beta_smoothness"`` (``nan`` if no :math:`\eta > 0` or
+        :math:`g = 0`).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+        >>> probe = landscape_probe(net, nn.functional.cross_entropy, (x, y), [0.1, 0.2])
+        >>> probe["losses"].shape
+        (2,)
+
+    Reference: Santurkar, Tsipras, Ilyas & Madry, "How Does Batch Normalization Help Optimization?",
+    NeurIPS 2018, Section 3.1 and Figure 4.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    step_sizes = np.asarray(step_sizes, dtype=np.float64).reshape(-1)
+    losses, changes, ratios = [], [], []
+    with _preserved(model) as replay:
+        start = [p.detach().clone() for p in params]
+        replay()
+        loss0, grads = _gradient(model, loss_fn, batch, params)
+        g = _flat64(grads)
+        g_norm = float(torch.linalg.vector_norm(g))
+        for eta in step_sizes:
+            with torch.no_grad():
+                for p, p0, grad in zip(params, start, grads):
+                    p.copy_(p0 - float(eta) * grad)
+            replay()
+            loss, moved = _gradient(model, loss_fn, batch, params)
+            change = float(torch.linalg.vector_norm(g - _flat64(moved)))
+            losses.append(loss)
+            changes.append(change)
+            distance = abs(float(eta)) * g_norm
+            ratios.append(change / distance if distance > 0 else np.nan)
+    losses_arr, changes_arr, ratios_arr = np.array(losses), np.array(changes), np.array(ratios)
+    finite = ratios_arr[np.isfinite(ratios_arr)]
+    return {
+        "step_sizes": step_sizes,
+        "losses": losses_arr,
+        "grad_changes": changes_arr,
+        "loss": loss0,
+        "grad_norm": g_norm,
+        "loss_range": float(losses_arr.max() - losses_arr.min()) if len(losses) else float("nan"),
+        "gradient_predictiveness": float(changes_arr.max()) if len(changes) else float("nan"),
+        "beta_smoothness": float(finite.max()) if len(finite) else float("nan"),
+    }
