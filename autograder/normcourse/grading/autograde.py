@@ -1,0 +1,402 @@
+"""Parallel autograding without data loss: isolated workers, merge on success, retries, a ledger.
+
+nbgrader's gradebook is one SQLite file, and several ``nbgrader autograde`` processes on it at once
+were seen to time out, zero grades and delete autograded folders. Here nbgrader still does all the
+grading, but never concurrently on a shared gradebook:
+
+1. **seed**: ``generate_assignment`` (nbgrader) runs once on a private copy of the source to make a
+   *template* gradebook holding only the assignment, and once for the course gradebook;
+2. **grade**: each submission is graded by a separate process (:mod:`normcourse.grading.worker`) in
+   its own workspace with its own copy of the template gradebook, under a wall-clock limit, at most
+   ``workers`` at a time (``tqdm`` shows progress);
+3. **retry**: a result classed as ``infrastructure`` (the kernel did not start, ZMQ errors, a crashed
+   worker) is retried with back-off and never written as a grade;
+4. **merge**: only this process writes the course gradebook, through nbgrader's ``Gradebook`` API,
+   and only from a successful result. A grade that already exists with a different value is kept
+   unless ``force=True`` (then overwritten and logged in the ledger); identical grades are no-ops,
+   so re-grading is idempotent;
+5. **ledger**: every submission ends as ``graded``, ``failed`` (reason; autograded cells score 0),
+   ``conflict`` or ``infrastructure`` (reason; nothing written), and :func:`consistency_problems`
+   checks that the gradebook and the ledger agree. A re-run skips submissions whose ledger record
+   matches their current files (a crash loses at most the submissions in flight, which are re-graded).
+
+Example::
+
+    summary = autograde(Course.find(), "ps01_scopes", AutogradeOptions(workers=2))
+    print(summary.counts, summary.problems)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .course import Course
+from .ledger import Ledger
+from .limits import Limits
+from .worker import fingerprint
+
+__all__ = ["AutogradeOptions", "AutogradeSummary", "autograde", "seed_gradebook", "consistency_problems",
+           "ledger_path"]
+
+_TOLERANCE = 1e-9
+
+
+@dataclass
+class AutogradeOptions:
+    """How to autograde.
+
+    Attributes:
+        workers: submissions graded at once (each is one kernel plus one re-check process).
+        students: only these students (default: every submission of the problem set).
+        cell_timeout: seconds per cell (default: the course config's ``Execute.timeout``).
+        submission_timeout: wall-clock seconds for one submission, re-check included (default: 10
+            minutes); on expiry the worker's process group is killed and the submission fails.
+        recheck_timeout: wall-clock seconds for the out-of-kernel re-check of one notebook.
+        retries: extra attempts after an infrastructure failure.
+        force: overwrite existing grades that differ (each overwrite is logged in the ledger).
+        regrade: grade again even if the ledger says these exact files were already graded.
+        limits: memory/CPU/file caps of the kernel and the re-check.
+        progress: show a tqdm progress bar.
+    """
+
+    workers: int = 2
+    students: list[str] | None = None
+    cell_timeout: int | None = None
+    submission_timeout: float = 600.0
+    recheck_timeout: float = 180.0
+    retries: int = 2
+    force: bool = False
+    regrade: bool = False
+    limits: Limits = field(default_factory=Limits)
+    progress: bool = True
+
+
+@dataclass
+class AutogradeSummary:
+    problem_set: str
+    records: dict[str, dict]
+    skipped: list[str]
+    problems: list[str]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self.records.values():
+            counts[record["status"]] = counts.get(record["status"], 0) + 1
+        return counts
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(r["status"] in ("graded", "failed") for r in self.records.values())
+
+
+def ledger_path(course: Course) -> Path:
+    return course.grading_dir / "ledger.json"
+
+
+def seed_gradebook(course: Course, problem_set: str, db_url: str) -> None:
+    """Record the assignment (notebooks, grade cells, checksums) in ``db_url`` with nbgrader's
+    ``generate_assignment``, run on a private copy of the source so the course's release is untouched."""
+    with tempfile.TemporaryDirectory(prefix="normcourse-seed-") as tmp:
+        shutil.copytree(course.source_dir(problem_set), Path(tmp) / "solutions" / problem_set)
+        api = course.api({"CourseDirectory": {"root": tmp, "source_directory": "solutions",
+                                              "release_directory": "release", "db_url": db_url}})
+        outcome = api.generate_assignment(problem_set, force=True, create=True)
+        if not outcome.get("success"):
+            raise RuntimeError(f"generate_assignment failed for {problem_set}: {outcome.get('error')}\n"
+                               f"{outcome.get('log', '')[-2000:]}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Merging one worker result into the course gradebook.
+
+def _autograded_scores(record_notebooks: dict) -> dict[tuple[str, str], float]:
+    return {(nb, gid): g["auto_score"] for nb, entry in record_notebooks.items()
+            for gid, g in entry["grades"].items() if g["auto_score"] is not None}
+
+
+def _write_grades(course: Course, ledger: Ledger, result: dict, *, force: bool) -> tuple[str, str]:
+    """Write a worker's grades into the course gradebook; return (status, reason)."""
+    from nbgrader.api import Gradebook
+
+    problem_set, student = result["problem_set"], result["student"]
+    with Gradebook(course.db_url) as gb:
+        gb.update_or_create_student(student)
+        kwargs = {"timestamp": result["timestamp"]} if result.get("timestamp") else {}
+        gb.update_or_create_submission(problem_set, student, **kwargs)
+        changes, conflicts = [], []
+        for nb_name, entry in result["notebooks"].items():
+            for grade_id, new in entry["grades"].items():
+                grade = gb.find_grade(grade_id, nb_name, problem_set, student)
+                old, value = grade.auto_score, new["auto_score"]
+                if old is not None and (value is None or abs(old - value) > _TOLERANCE):
+                    conflicts.append((nb_name, grade_id, old, value))
+                changes.append((grade, value))
+            for grade_id, comment_text in entry.get("comments", {}).items():
+                comment = gb.find_comment(grade_id, nb_name, problem_set, student)
+                comment.auto_comment = comment_text
+            notebook = gb.find_submission_notebook(nb_name, problem_set, student)
+            if entry.get("late_penalty") is not None:
+                notebook.late_submission_penalty = entry["late_penalty"]
+        if conflicts and not force:
+            gb.db.rollback()
+            text = "; ".join(f"{nb}/{gid}: gradebook {old}, new {new}" for nb, gid, old, new in conflicts)
+            ledger.log("conflict_kept", problem_set=problem_set, student=student, details=text)
+            return "conflict", f"kept existing grades that differ from this run (use --force to overwrite): {text}"
+        for grade, value in changes:
+            grade.auto_score = value
+            grade.needs_manual_grade = grade.manual_score is not None or value is None
+        gb.db.commit()
+        for nb_name, grade_id, old, new in conflicts:
+            ledger.log("overwrote", problem_set=problem_set, student=student, notebook=nb_name,
+                       grade_id=grade_id, old=old, new=new)
+    return "ok", ""
+
+
+def _zero_result(course: Course, result: dict) -> dict:
+    """A failed submission's grades: every cell 0 (nothing gradable), in the worker result's shape."""
+    from nbgrader.api import Gradebook
+
+    notebooks = {}
+    with Gradebook(course.db_url) as gb:
+        assignment = gb.find_assignment(result["problem_set"])
+        for nb in assignment.notebooks:
+            notebooks[nb.name] = {"grades": {c.name: {"auto_score": 0.0, "max_score": c.max_score,
+                                                      "kind": "autograded" if c.cell_type == "code" else "manual",
+                                                      "reason": result["reason"]}
+                                             for c in nb.grade_cells}, "comments": {}}
+    return dict(result, notebooks=notebooks)
+
+
+def _install_autograded(course: Course, result: dict) -> None:
+    """Replace the course's autograded folder of this submission with the worker's (never half-written)."""
+    dest = course.autograded_dir(result["problem_set"], result["student"])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.with_name(dest.name + ".incoming")
+    old = dest.with_name(dest.name + ".old")
+    for stale in (staging, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    shutil.copytree(result["autograded_dir"], staging)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(staging, dest)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _record(result: dict, status: str, reason: str, attempts: int) -> dict:
+    parts, score, max_score = {}, 0.0, 0.0
+    for nb_name, entry in result.get("notebooks", {}).items():
+        for grade_id, g in entry["grades"].items():
+            parts[f"{nb_name}/{grade_id}"] = {k: g.get(k) for k in ("auto_score", "max_score", "kind",
+                                                                    "recheck_passed", "reason",
+                                                                    "in_kernel_score")}
+            if g["kind"] == "autograded":
+                score += g["auto_score"] or 0.0
+                max_score += g["max_score"]
+    return {"status": status, "reason": reason, "fingerprint": result.get("fingerprint"),
+            "flags": result.get("flags", []), "parts": parts, "score": score, "max_score": max_score,
+            "attempts": attempts, "recheck": result.get("recheck", {}), "seconds": result.get("seconds")}
+
+
+def _merge(course: Course, ledger: Ledger, result: dict, attempts: int, force: bool) -> dict:
+    problem_set, student = result["problem_set"], result["student"]
+    status = result["status"]
+    if status == "infrastructure":
+        record = _record(result, "infrastructure", result.get("reason", ""), attempts)
+    else:
+        if status == "failed":
+            result = _zero_result(course, result)
+        outcome, why = _write_grades(course, ledger, result, force=force)
+        if outcome == "conflict":
+            record = _record(result, "conflict", why, attempts)
+        else:
+            if status == "graded":
+                _install_autograded(course, result)
+            record = _record(result, status, result.get("reason", ""), attempts)
+    ledger.put(problem_set, student, record)
+    return record
+
+
+# ------------------------------------------------------------------------------------------------
+# The pool.
+
+@dataclass
+class _Task:
+    student: str
+    attempts: int = 0
+    not_before: float = 0.0
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+    job_path: Path | None = None
+    result_path: Path | None = None
+
+
+def _start(task: _Task, course: Course, problem_set: str, scratch: Path, template_db: Path,
+           options: AutogradeOptions, cell_timeout: int) -> None:
+    task.attempts += 1
+    base = scratch / f"{task.student}.{task.attempts}"
+    base.mkdir(parents=True, exist_ok=True)
+    task.result_path = base / "result.json"
+    task.job_path = base / "job.json"
+    task.job_path.write_text(json.dumps({
+        "course_root": str(course.root), "problem_set": problem_set, "student": task.student,
+        "submission_dir": str(course.submitted_dir(problem_set, task.student)),
+        "workspace": str(base / "course"), "template_db": str(template_db), "result_path": str(task.result_path),
+        "cell_timeout": cell_timeout, "recheck_timeout": options.recheck_timeout,
+        "limits": asdict(options.limits)}))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    log = open(base / "worker.log", "wb")
+    task.process = subprocess.Popen([sys.executable, "-m", "normcourse.grading.worker", str(task.job_path)],
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)
+    log.close()
+    task.started = time.monotonic()
+
+
+def _kill(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the worker, its kernel and its re-check child
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def _finished_result(task: _Task, options: AutogradeOptions, problem_set: str) -> dict | None:
+    """The task's result if its process is done (or killed for time), else None."""
+    if task.process.poll() is None:
+        if time.monotonic() - task.started <= options.submission_timeout:
+            return None
+        _kill(task.process)
+        return {"status": "failed", "student": task.student, "problem_set": problem_set,
+                "reason": f"grading exceeded the time limit of {options.submission_timeout:g} s per submission"}
+    if task.result_path.exists():
+        return json.loads(task.result_path.read_text())
+    tail = (task.result_path.parent / "worker.log").read_bytes()[-800:].decode(errors="replace")
+    return {"status": "infrastructure", "student": task.student, "problem_set": problem_set,
+            "reason": f"worker exited with code {task.process.returncode} and no result: {tail}"}
+
+
+def autograde(course: Course, problem_set: str, options: AutogradeOptions = AutogradeOptions()) -> AutogradeSummary:
+    """Autograde the submissions of ``problem_set``; see the module docstring."""
+    from tqdm import tqdm
+
+    course.grading_dir.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(ledger_path(course))
+    students = options.students or course.submitted_students(problem_set)
+    missing = [s for s in students if not course.submitted_dir(problem_set, s).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"no submission of {problem_set} for: {', '.join(missing)}")
+    cell_timeout = options.cell_timeout or int(course.config().Execute.get("timeout", 30))
+
+    skipped, todo = [], []
+    for student in students:
+        record = ledger.get(problem_set, student)
+        unchanged = record and record.get("fingerprint") == fingerprint(course.submitted_dir(problem_set, student))
+        if unchanged and record["status"] in ("graded", "failed") and not options.regrade and not options.force:
+            skipped.append(student)
+        else:
+            todo.append(student)
+
+    records: dict[str, dict] = {}
+    if todo:
+        scratch = Path(tempfile.mkdtemp(prefix=f"normcourse-autograde-{problem_set}-"))
+        try:
+            template_db = scratch / "template.db"
+            seed_gradebook(course, problem_set, f"sqlite:///{template_db}")
+            seed_gradebook(course, problem_set, course.db_url)
+            records = _run_pool(course, problem_set, todo, scratch, template_db, options, cell_timeout, ledger)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    for student in skipped:
+        records[student] = ledger.get(problem_set, student)
+    problems = consistency_problems(course, problem_set, students)
+    return AutogradeSummary(problem_set, records, skipped, problems)
+
+
+def _run_pool(course, problem_set, students, scratch, template_db, options, cell_timeout, ledger) -> dict:
+    from tqdm import tqdm
+
+    queue = [_Task(s) for s in students]
+    running: list[_Task] = []
+    records: dict[str, dict] = {}
+    bar = tqdm(total=len(queue), desc=f"autograde {problem_set}", unit="submission",
+               disable=not options.progress, file=sys.stderr)
+    try:
+        while queue or running:
+            now = time.monotonic()
+            while len(running) < max(1, options.workers):
+                ready = [t for t in queue if t.not_before <= now]
+                if not ready:
+                    break
+                task = ready[0]
+                queue.remove(task)
+                _start(task, course, problem_set, scratch, template_db, options, cell_timeout)
+                running.append(task)
+            for task in list(running):
+                result = _finished_result(task, options, problem_set)
+                if result is None:
+                    continue
+                running.remove(task)
+                if result["status"] == "infrastructure" and task.attempts <= options.retries:
+                    task.not_before = time.monotonic() + 2.0 * task.attempts  # back off, then retry
+                    ledger.log("retry", problem_set=problem_set, student=task.student,
+                               attempt=task.attempts, reason=result.get("reason", "")[:500])
+                    queue.append(task)
+                    continue
+                records[task.student] = _merge(course, ledger, result, task.attempts, options.force)
+                bar.update(1)
+                bar.set_postfix_str(f"{task.student}: {records[task.student]['status']}")
+            time.sleep(0.1)
+    finally:
+        for task in running:
+            _kill(task.process)
+        bar.close()
+    return records
+
+
+def consistency_problems(course: Course, problem_set: str, students: list[str]) -> list[str]:
+    """Every submission must have a ledger record, and graded/failed ones a full, matching set of grades."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    ledger = Ledger(ledger_path(course))
+    problems = []
+    with Gradebook(course.db_url) as gb:
+        for student in students:
+            record = ledger.get(problem_set, student)
+            if record is None:
+                problems.append(f"{student}: no ledger record (never graded)")
+                continue
+            if record["status"] not in ("graded", "failed"):
+                if not record.get("reason"):
+                    problems.append(f"{student}: status {record['status']} without a reason")
+                continue
+            try:
+                submission = gb.find_submission(problem_set, student)
+            except MissingEntry:
+                problems.append(f"{student}: ledger says {record['status']} but the gradebook has no submission")
+                continue
+            for nb in submission.notebooks:
+                for grade in nb.grades:
+                    key = f"{nb.name}/{grade.name}"
+                    expected = record["parts"].get(key, {}).get("auto_score")
+                    kind = record["parts"].get(key, {}).get("kind")
+                    if kind == "autograded" and grade.auto_score is None:
+                        problems.append(f"{student}: {key} has no autograde score")
+                    elif expected is not None and (grade.auto_score is None
+                                                   or abs(grade.auto_score - expected) > _TOLERANCE):
+                        problems.append(f"{student}: {key} is {grade.auto_score} in the gradebook, "
+                                        f"{expected} in the ledger")
+            if record["status"] == "graded" and not course.autograded_dir(problem_set, student).is_dir():
+                problems.append(f"{student}: graded but the autograded notebook is missing")
+    return problems

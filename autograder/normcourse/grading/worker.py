@@ -1,0 +1,251 @@
+"""Grade one submission in an isolated copy of the course: ``python -m normcourse.grading.worker JOB.json``.
+
+The worker never touches the course's gradebook. It builds a private course in its workspace
+(the problem set's source, the one submission, a copy of a *template* gradebook that holds only the
+assignment), runs nbgrader's own autograde there through ``NbGraderAPI.autograde``, reads the grades
+back with nbgrader's ``Gradebook``, applies the out-of-kernel re-check
+(:mod:`normcourse.grading.sandbox`), and writes one JSON result. The orchestrator
+(:mod:`normcourse.grading.autograde`) merges that result into the course gradebook only if the
+worker succeeded, so a crashed or timed-out worker cannot zero anyone's grades.
+
+Outcomes (``result["status"]``):
+
+- ``"graded"``: every autograded cell has a score; re-check verdicts and flags are attached;
+- ``"failed"``: the submission itself cannot be graded (not a notebook, the kernel died in learner
+  code, no notebook at all); the orchestrator records zeros and the reason;
+- ``"infrastructure"``: something outside the submission went wrong (the kernel did not start); the
+  orchestrator retries and never records a grade from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+__all__ = ["grade_submission", "classify_failure", "fingerprint", "suspicious_code"]
+
+#: nbgrader/nbclient log text meaning the kernel never became usable: not the learner's fault.
+INFRASTRUCTURE_PATTERNS = [
+    r"Kernel didn't respond in \d+ seconds",
+    r"Timeout waiting for kernel_info",
+    r"Kernel died before replying to kernel_info",
+    r"zmq\.error", r"ZMQError", r"Address already in use",
+    r"database is locked", r"No kernel named",
+    r"Too many open files",
+]
+
+#: Learner-code constructs that can interfere with grading; a hit flags the submission for review.
+SUSPICIOUS_CODE = {
+    r"\bget_ipython\s*\(": "uses get_ipython()",
+    r"showtraceback|excepthook|InteractiveShell": "touches error display",
+    r"NBGRADER_EXECUTION": "branches on NBGRADER_EXECUTION",
+    r"\bos\s*\.\s*_exit\b|\bos\s*\.\s*kill\b": "ends its own process",
+    r"\bsys\s*\.\s*exit\b|\bexit\s*\(|\bquit\s*\(": "calls exit",
+    r"\b(np|numpy)(\.testing)?\s*\.\s*(allclose|isclose|assert_\w+)\s*=": "rebinds a numpy comparison",
+    r"\bsys\s*\.\s*modules\b|\bbuiltins\b|\bctypes\b|\bgc\s*\.\s*get_referrers\b": "reaches into the interpreter",
+    r"normcourse\s*\.\s*grading": "imports the grading tools",
+}
+
+
+def fingerprint(folder: Path) -> str:
+    """SHA-256 over the names and bytes of every file in a submission folder."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def suspicious_code(program: list[str]) -> list[str]:
+    """Human-readable reasons to review learner code (static; evasion is possible, so never a verdict)."""
+    text = "\n".join(program)
+    return [reason for pattern, reason in SUSPICIOUS_CODE.items() if re.search(pattern, text)]
+
+
+def classify_failure(log: str) -> str:
+    """``"infrastructure"`` if the nbgrader log shows a kernel/database problem, else ``"failed"``."""
+    return "infrastructure" if any(re.search(p, log) for p in INFRASTRUCTURE_PATTERNS) else "failed"
+
+
+def _last_error(log: str) -> str:
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]*(Error|Exception|Exit)\b", line) or "Error:" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else "no log"
+
+
+def _read_grades(db_url: str, problem_set: str, student: str) -> dict:
+    """Per notebook: every grade cell's scores and whether a person must grade it."""
+    from nbgrader.api import Gradebook
+
+    notebooks = {}
+    with Gradebook(db_url) as gb:
+        submission = gb.find_submission(problem_set, student)
+        for nb in submission.notebooks:
+            grades = {}
+            for grade in nb.grades:
+                cell = grade.cell
+                grades[grade.name] = {
+                    "auto_score": grade.auto_score, "max_score": grade.max_score,
+                    "needs_manual_grade": bool(grade.needs_manual_grade),
+                    "kind": "autograded" if cell.cell_type == "code" and not _is_solution_cell(gb, nb, grade.name)
+                    else "manual",
+                }
+            comments = {c.name: c.auto_comment for c in nb.comments}
+            notebooks[nb.name] = {"grades": grades, "comments": comments,
+                                  "late_penalty": nb.late_submission_penalty}
+        timestamp = submission.timestamp.isoformat() if submission.timestamp else None
+    return {"notebooks": notebooks, "timestamp": timestamp}
+
+
+def _is_solution_cell(gb, nb, grade_id: str) -> bool:
+    from nbgrader.api import MissingEntry
+    try:
+        gb.find_solution_cell(grade_id, nb.name, nb.assignment.name)
+        return True
+    except MissingEntry:
+        return False
+
+
+def _annotate(cell, text: str) -> None:
+    """Append a visible note (stdout) to a test cell of the autograded copy, shown in feedback."""
+    from nbformat.notebooknode import NotebookNode
+    cell.setdefault("outputs", []).append(NotebookNode(output_type="stream", name="stdout", text=text))
+
+
+def grade_submission(job: dict) -> dict:
+    """Autograde ``job["student"]``'s ``job["problem_set"]`` in ``job["workspace"]``; return the result."""
+    import nbformat
+
+    from .course import Course, ensure_tool_path
+    from .limits import Limits, write_grading_kernelspec
+    from .preprocessors import AUTOGRADE_PREPROCESSORS
+    from .sandbox import learner_program, recheck_notebook
+
+    started = time.monotonic()
+    problem_set, student = job["problem_set"], job["student"]
+    course = Course(Path(job["course_root"]))
+    workspace = Path(job["workspace"])
+    if workspace.exists():
+        shutil.rmtree(workspace)
+    (workspace / "solutions").mkdir(parents=True)
+    shutil.copytree(course.source_dir(problem_set), workspace / "solutions" / problem_set)
+    submitted = workspace / "submitted" / student / problem_set
+    shutil.copytree(job["submission_dir"], submitted)
+    shutil.copy2(job["template_db"], workspace / "gradebook.db")
+    result = {"student": student, "problem_set": problem_set, "fingerprint": fingerprint(submitted),
+              "flags": [], "recheck": {}, "notebooks": {}}
+
+    # A submission that is not a notebook never reaches nbgrader (which would stop with a traceback).
+    expected = course.notebooks(problem_set)
+    for name in expected:
+        path = submitted / f"{name}.ipynb"
+        if not path.exists():
+            continue
+        try:
+            nbformat.validate(nbformat.read(path, as_version=4))
+        except Exception as exc:
+            result.update(status="failed", reason=f"{name}.ipynb is not a valid notebook "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})")
+            return result
+    if not any((submitted / f"{n}.ipynb").exists() for n in expected):
+        result.update(status="failed", reason=f"no notebook named {', '.join(n + '.ipynb' for n in expected)}")
+        return result
+
+    limits = Limits(**job.get("limits", {}))
+    jupyter_dir = workspace / "jupyter"
+    kernel = write_grading_kernelspec(jupyter_dir, limits)
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(jupyter_dir)] + [
+        p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p])
+    ensure_tool_path()
+    overrides = {
+        "CourseDirectory": {"root": str(workspace), "source_directory": "solutions",
+                            "submitted_directory": "submitted", "autograded_directory": "autograded",
+                            "feedback_directory": "feedback",
+                            "db_url": f"sqlite:///{workspace / 'gradebook.db'}"},
+        "Execute": {"timeout": int(job["cell_timeout"]), "kernel_name": kernel,
+                    "interrupt_on_timeout": True, "startup_timeout": int(job.get("startup_timeout", 60))},
+        "Autograde": {"autograde_preprocessors": AUTOGRADE_PREPROCESSORS},
+    }
+    api = Course(course.root).api(overrides)
+    outcome = api.autograde(problem_set, student, force=True, create=True)
+    log = outcome.get("log", "") + "\n" + (outcome.get("error") or "")
+    result["log_tail"] = log[-4000:]
+    if not outcome.get("success"):
+        kind = classify_failure(log)
+        why = _last_error(log)
+        if "DeadKernelError" in log or "Kernel died" in log:
+            why = "the kernel died while running the notebook (does the code exit the process or exhaust memory?)"
+        result.update(status=kind, reason=f"nbgrader autograde failed: {why}")
+        return result
+
+    grades = _read_grades(overrides["CourseDirectory"]["db_url"], problem_set, student)
+    result["notebooks"], result["timestamp"] = grades["notebooks"], grades["timestamp"]
+
+    # The out-of-kernel re-check: a Part's cell keeps its points only if both checks pass.
+    from .parts import parts_of
+    try:
+        part_ids = {p.grade_id for p in parts_of(problem_set)}
+    except KeyError:
+        part_ids = set()
+    autograded = workspace / "autograded" / student / problem_set
+    for name, entry in result["notebooks"].items():
+        nb_path = autograded / f"{name}.ipynb"
+        nb = nbformat.read(nb_path, as_version=4)
+        result["flags"] += [f"{name}: {r}" for r in suspicious_code(learner_program(nb))]
+        ids_here = part_ids & set(entry["grades"])
+        if not ids_here:
+            continue
+        check = recheck_notebook(nb, problem_set, workdir=autograded, timeout=job["recheck_timeout"],
+                                 call_timeout=job["cell_timeout"], limits=limits, grade_ids=sorted(ids_here))
+        result["recheck"][name] = check.to_json()
+        cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
+        for grade_id, verdict in check.parts.items():
+            grade = entry["grades"][grade_id]
+            grade["recheck_passed"] = verdict.passed
+            if not verdict.passed and grade["auto_score"]:
+                grade["in_kernel_score"], grade["auto_score"] = grade["auto_score"], 0.0
+                grade["reason"] = f"out-of-kernel re-check failed: {verdict.message}"
+            if grade_id in cells:
+                _annotate(cells[grade_id], ("Re-check outside your kernel: passed\n" if verdict.passed else
+                                            f"Re-check outside your kernel: FAILED: {verdict.message}\n"))
+        if check.tampering:
+            reason = "learner code rebinds grading tools: " + ", ".join(check.tampering)
+            result["flags"].append(f"{name}: {reason}")
+            for grade_id, grade in entry["grades"].items():
+                if grade["kind"] == "autograded" and grade["auto_score"]:
+                    grade["in_kernel_score"], grade["auto_score"] = grade["auto_score"], 0.0
+                    grade["reason"] = reason
+                if grade["kind"] == "autograded" and grade_id in cells:
+                    _annotate(cells[grade_id], f"Not counted: {reason}\n")
+        nbformat.write(nb, nb_path)
+
+    result.update(status="graded", reason="", autograded_dir=str(autograded),
+                  seconds=round(time.monotonic() - started, 2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    job_path = Path((argv or sys.argv[1:])[0])
+    job = json.loads(job_path.read_text())
+    try:
+        result = grade_submission(job)
+    except Exception:
+        result = {"status": "infrastructure", "reason": "worker crashed: " + traceback.format_exc()[-1500:],
+                  "student": job.get("student"), "problem_set": job.get("problem_set")}
+    out = Path(job["result_path"])
+    out.with_suffix(".tmp").write_text(json.dumps(result, indent=1, default=str))
+    os.replace(out.with_suffix(".tmp"), out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
