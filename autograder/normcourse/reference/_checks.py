@@ -49,6 +49,8 @@ def normalized_shape_tuple(normalized_shape, x: np.ndarray) -> tuple[int, ...]:
     """Check that ``normalized_shape`` matches the trailing dimensions of ``x`` (as PyTorch requires)."""
     if isinstance(normalized_shape, (int, np.integer)):
         shape = (int(normalized_shape),)
+    elif isinstance(normalized_shape, (str, bytes)):  # a str is a Sequence: "45" would read as (4, 5)
+        raise TypeError(f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}")
     elif isinstance(normalized_shape, Sequence) or isinstance(normalized_shape, np.ndarray):
         shape = tuple(int(s) for s in normalized_shape)
     else:
