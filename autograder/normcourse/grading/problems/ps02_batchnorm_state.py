@@ -168,7 +168,7 @@ def _module_cases(rng, *, momentum_none: bool) -> list[Case]:
         momentum = None if momentum_none else float(rng.uniform(0.05, 0.5))
         eps = random_eps(rng)
         label = (f"{layout} {shape}, steps {'/'.join('train' if m == 't' else 'eval' for m in modes)}, "
-                 f"momentum={momentum}, eps={eps:.3g}, affine={affine}")
+                 f"momentum={'None' if momentum is None else format(momentum, '.3g')}, eps={eps:.3g}, affine={affine}")
         cases.append(Case(label, (c, eps, momentum, affine, w, b, _script(rng, shape, modes))))
     # Edge cases inside a script: a constant batch, a float32 batch, a batch of one image.
     shape = random_shape(rng, "NCHW")
