@@ -5,8 +5,8 @@ r"""Measurements on attention and on Transformers at initialization.
   initialization, the quantity Xiong et al. (2020) use to compare Post-LN and Pre-LN (torch).
 * :func:`compare_placements`: that measurement for Post-LN and Pre-LN over a range of depths.
 
-torch is imported inside the torch functions only, so ``import normcourse.reference`` stays
-numpy-only and fast for the grader.
+torch is imported inside the two torch functions only: :func:`attention_entropy` is plain numpy
+and accepts torch tensors as well as arrays.
 """
 
 from __future__ import annotations
