@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -129,7 +130,8 @@ def _write_grades(course: Course, ledger: Ledger, result: dict, *, force: bool) 
     from nbgrader.api import Gradebook
 
     problem_set, student = result["problem_set"], result["student"]
-    with Gradebook(course.db_url) as gb:
+    with Gradebook(course.db_url) as gb, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's own SQLAlchemy notice
         gb.update_or_create_student(student)
         kwargs = {"timestamp": result["timestamp"]} if result.get("timestamp") else {}
         gb.update_or_create_submission(problem_set, student, **kwargs)

@@ -133,8 +133,14 @@ class Course:
         return sorted(p.stem for p in self.source_dir(problem_set).glob("*.ipynb"))
 
     def submitted_students(self, problem_set: str) -> list[str]:
+        return self._students_in(self.coursedir().submitted_directory, problem_set)
+
+    def autograded_students(self, problem_set: str) -> list[str]:
+        return self._students_in(self.coursedir().autograded_directory, problem_set)
+
+    def _students_in(self, directory: str, problem_set: str) -> list[str]:
         cd = self.coursedir()
-        base = Path(cd.format_path(cd.submitted_directory, ".", ".")).resolve()
+        base = Path(cd.format_path(directory, ".", ".")).resolve()
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if (p / problem_set).is_dir())

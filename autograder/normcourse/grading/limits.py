@@ -70,6 +70,9 @@ def write_grading_kernelspec(jupyter_dir: Path, limits: Limits = Limits()) -> st
                  "--IPKernelApp.log_level=ERROR"],
         "display_name": "Python 3 (normcourse grading, resource-limited)",
         "language": "python",
+        # glibc reserves up to 64 MiB of address space per thread arena; torch starts many threads, so
+        # without this an address-space cap is spent on reservations, not data.
+        "env": {"MALLOC_ARENA_MAX": "2"},
         "metadata": {"debugger": False},
     }
     (folder / "kernel.json").write_text(json.dumps(spec, indent=1))

@@ -218,7 +218,7 @@ def recheck_notebook(nb, problem_set: str, *, workdir: str | os.PathLike | None 
         with open(job, "wb") as f:  # grader -> child only: the child trusts the grader, never the reverse
             pickle.dump({"program": program, "calls": calls, "call_timeout": call_timeout, "limits": limits,
                          "watched": WATCHED, "preimport_torch": uses_torch}, f)
-        env = dict(os.environ, NBGRADER_EXECUTION="autograde", PYTHONDONTWRITEBYTECODE="1")
+        env = dict(os.environ, NBGRADER_EXECUTION="autograde", PYTHONDONTWRITEBYTECODE="1", MALLOC_ARENA_MAX="2")
         try:
             proc = subprocess.run([sys.executable, "-m", "normcourse.grading.sandbox", str(job), str(out_dir)],
                                   cwd=run_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -371,12 +371,16 @@ def _child(job_path: str, out_dir: str) -> None:
             signal.alarm(0)
     write_meta()
 
+    failed_parts = set()
     for call in job["calls"]:
         fn = namespace.get(call["function"])
         arrays: dict = {}
+        part = call["key"].rsplit(":", 1)[0]
         signal.alarm(limit)
         try:
-            if fn is None:
+            if part in failed_parts:  # the grader stops at a part's first failure; do not wait on the rest
+                head = {"error": "skipped after an earlier failure"}
+            elif fn is None:
                 head = {"error": f"{call['function']} is not defined (did its cell run without errors?)"}
             elif not callable(fn):
                 head = {"error": f"{call['function']} is not a function (got {type(fn).__name__})"}
@@ -394,6 +398,8 @@ def _child(job_path: str, out_dir: str) -> None:
             head = {"error": f"{call['function']} raised {type(exc).__name__}: {exc}"[:1000]}
         finally:
             signal.alarm(0)
+        if "error" in head:
+            failed_parts.add(part)
         try:
             payload = np.frombuffer(dumps(head).encode(), dtype=np.uint8)
             tmp = out / f"{call['key']}.tmp.npz"
