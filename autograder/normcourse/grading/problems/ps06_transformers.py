@@ -1,0 +1,238 @@
+"""Problem set 6, normalization in Transformers: the hidden-test parts.
+
+- ``attention_probabilities`` (numpy): softmax of scaled dot products; the oracle is PyTorch's own
+  ``torch.softmax`` in float64 (the course's outside oracle), since the reference package only
+  computes attention inside :class:`normcourse.transformer.MultiHeadSelfAttention`.
+- ``attention_entropy`` (numpy): :func:`normcourse.reference.attention.attention_entropy`.
+- ``residual_block`` (torch): :func:`normcourse.transformer.residual`, Post-LN versus Pre-LN.
+- ``per_layer_grad_norms`` (torch): :func:`normcourse.reference.attention.per_layer_grad_norms`.
+- ``layer_norm`` (numpy, the find-the-bug exercise): :func:`normcourse.reference.layer_norm`, on the
+  course's shared edge cases (:func:`normcourse.grading.cases.edge_cases`).
+
+Tolerances: numpy parts use the course defaults (1e-10 in float64, 1e-4 in float32, see
+:func:`normcourse.grading.compare.tolerance_for`), except float32 attention input, where 1e-6 suffices
+because the result is float64 (only the input was rounded). Torch parts run float64 models, where a
+learner's result differs from the reference only by operation order: 1e-8 relative, 1e-10 absolute;
+the float32 model is compared at 1e-4.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...reference import layer_norm as reference_layer_norm
+from ...reference.attention import attention_entropy, per_layer_grad_norms
+from ...transformer import FeedForward, TinyTransformer, residual
+from ..cases import edge_cases, random_affine, random_eps, random_input, random_shape
+from ..compare import GradingError, assert_array_matches
+from ..parts import Case, Part, register
+
+PROBLEM_SET = "ps06_transformers"
+TORCH_RTOL, TORCH_ATOL = 1e-8, 1e-10
+FLOAT32_TORCH_TOL = {"rtol": 1e-4, "atol": 1e-5}
+
+
+# ---------------------------------------------------------------- attention probabilities
+def attention_probabilities_reference(q, k):
+    r"""``softmax(q k^T / sqrt(d))`` over the last axis, by ``torch.softmax`` in float64."""
+    q64 = torch.from_numpy(np.asarray(q, dtype=np.float64))
+    k64 = torch.from_numpy(np.asarray(k, dtype=np.float64))
+    return torch.softmax(q64 @ k64.transpose(-2, -1) / math.sqrt(q64.shape[-1]), dim=-1).numpy()
+
+
+def attention_probabilities_cases(rng: np.random.Generator) -> list[Case]:
+    cases = []
+    for _ in range(3):
+        b, h, s_q, s_k, d = (int(v) for v in rng.integers(1, 6, size=5))
+        q, k = rng.normal(size=(b, h, s_q, d + 1)), rng.normal(size=(b, h, s_k, d + 1))
+        cases.append(Case(f"random q {q.shape}, k {k.shape}", (q, k)))
+    cases.append(Case("no leading axes: q (4, 8), k (6, 8)", (rng.normal(size=(4, 8)), rng.normal(size=(6, 8)))))
+    cases.append(Case("a single key (S_k = 1): every probability is 1",
+                      (rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 1, 4)))))
+    cases.append(Case("width d = 1", (rng.normal(size=(3, 5, 1)), rng.normal(size=(3, 5, 1)))))
+    cases.append(Case("constant input (all queries and keys equal): uniform rows",
+                      (np.full((2, 4, 6), 0.7), np.full((2, 5, 6), 0.7))))
+    cases.append(Case("magnitude 1e4 logits (exp overflows unless you subtract the row maximum)",
+                      (1e2 * rng.normal(size=(2, 5, 4)), 1e2 * rng.normal(size=(2, 5, 4)))))
+    cases.append(Case("float32 input (return float64)",
+                      (rng.normal(size=(2, 4, 8)).astype(np.float32), rng.normal(size=(2, 4, 8)).astype(np.float32)),
+                      rtol=1e-6, atol=1e-9))
+    q = np.transpose(np.ascontiguousarray(np.transpose(rng.normal(size=(2, 3, 5)))))
+    cases.append(Case("non-contiguous q", (q, rng.normal(size=(2, 4, 5)))))
+    return cases
+
+
+# ---------------------------------------------------------------- attention entropy
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def attention_entropy_cases(rng: np.random.Generator) -> list[Case]:
+    cases = []
+    for _ in range(3):
+        shape = tuple(int(v) for v in rng.integers(1, 5, size=3)) + (int(rng.integers(2, 9)),)
+        cases.append(Case(f"random softmax rows of shape {shape}", (_softmax(rng.normal(size=shape) * 2),)))
+    cases.append(Case("uniform rows (entropy log S)", (np.full((3, 7), 1 / 7),)))
+    cases.append(Case("one-hot rows (0 log 0 counts as 0)", (np.eye(5)[rng.permutation(5)],)))
+    cases.append(Case("a single key (S = 1): entropy 0", (np.ones((4, 1)),)))
+    cases.append(Case("one row, no leading axes", (_softmax(rng.normal(size=6)),)))
+    saturated = _softmax(1e4 * rng.normal(size=(3, 6)) / np.sqrt(6))
+    cases.append(Case("magnitude 1e4 logits: saturated rows with exact zeros and tiny values", (saturated,)))
+    tiny = np.array([[1.0 - 1e-300, 1e-300, 0.0], [0.5, 0.5 - 1e-200, 1e-200]])
+    cases.append(Case("rows holding values near the smallest float64", (tiny,)))
+    cases.append(Case("float32 probabilities (return float64)",
+                      (_softmax(rng.normal(size=(2, 3, 5))).astype(np.float32),), rtol=1e-6, atol=1e-6))
+    probs = np.transpose(np.ascontiguousarray(np.transpose(_softmax(rng.normal(size=(3, 4, 5))))))
+    cases.append(Case("non-contiguous probabilities", (probs,)))
+    return cases
+
+
+# ---------------------------------------------------------------- torch comparisons
+def _numpy_of(value, name: str, label: str):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if value is None:
+        raise GradingError(f"{name} for case {label!r}: got None (did you forget to return the result?)")
+    raise GradingError(f"{name} for case {label!r}: expected a torch tensor, got {type(value).__name__}")
+
+
+def compare_tensors(actual, expected, *, name, label, rtol, atol) -> None:
+    """Compare a learner's tensor with the reference tensor (shape, dtype, values) via numpy."""
+    if not isinstance(actual, torch.Tensor):
+        _numpy_of(actual, name, label)
+    if actual.dtype != expected.dtype:
+        raise GradingError(f"{name} for case {label!r}: dtype {actual.dtype}, expected {expected.dtype} "
+                           f"(keep the input's dtype)")
+    assert_array_matches(_numpy_of(actual, name, label), _numpy_of(expected, name, label), name=name,
+                         label=label, rtol=rtol, atol=atol)
+
+
+# ---------------------------------------------------------------- residual block
+def _norm(kind: str, d: int, dtype, rng) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(rng.integers(2 ** 31)))
+        if kind == "layer_norm":
+            norm = nn.LayerNorm(d, eps=random_eps(rng), dtype=dtype)
+            with torch.no_grad():  # non-trivial affine parameters, so gain and bias matter
+                norm.weight.copy_(1 + 0.5 * torch.randn(d, dtype=dtype))
+                norm.bias.copy_(0.5 * torch.randn(d, dtype=dtype))
+        else:
+            norm = nn.RMSNorm(d, eps=None, dtype=dtype)
+            with torch.no_grad():
+                norm.weight.copy_(1 + 0.5 * torch.randn(d, dtype=dtype))
+    return norm
+
+
+def _ffn(d: int, dtype, rng) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(rng.integers(2 ** 31)))
+        return FeedForward(d, 4 * d).to(dtype)
+
+
+def residual_block_cases(rng: np.random.Generator) -> list[Case]:
+    cases = []
+    for i, (placement, norm_kind) in enumerate([("pre", "layer_norm"), ("post", "layer_norm"),
+                                                ("pre", "rms_norm"), ("post", "rms_norm")]):
+        b, s, d = random_shape(rng, "BSD")
+        x = torch.from_numpy(random_input(rng, (b, s, d), scale=2.0))
+        cases.append(Case(f"placement {placement!r}, {norm_kind}, x of shape {(b, s, d)}",
+                          (x, _ffn(d, torch.float64, rng), _norm(norm_kind, d, torch.float64, rng), placement)))
+    shape = random_shape(rng, "BSD")
+    for label, x in edge_cases(rng, shape):
+        placement = ("pre", "post")[len(cases) % 2]
+        dtype = torch.float32 if x.dtype == np.float32 else torch.float64
+        tol = FLOAT32_TORCH_TOL if dtype == torch.float32 else {}
+        cases.append(Case(f"{label}, placement {placement!r}",
+                          (torch.from_numpy(np.asarray(x)), _ffn(shape[-1], dtype, rng),
+                           _norm("layer_norm", shape[-1], dtype, rng), placement), **tol))
+    x = torch.from_numpy(random_input(rng, (2, 3, 1)))
+    cases.append(Case("width d = 1, placement 'post' (LayerNorm of one value is its bias)",
+                      (x, _ffn(1, torch.float64, rng), _norm("layer_norm", 1, torch.float64, rng), "post")))
+    cases.append(Case("a sublayer that is a plain function (torch.tanh), placement 'pre'",
+                      (torch.from_numpy(random_input(rng, (2, 4, 6))), torch.tanh,
+                       _norm("layer_norm", 6, torch.float64, rng), "pre")))
+    return cases
+
+
+# ---------------------------------------------------------------- per-layer gradient norms
+def _transformer(rng, *, depth, placement, norm="layer_norm", d_model=16, n_heads=2, vocab=11, seq_len=8,
+                 init="xavier", causal=False, dtype=torch.float64) -> TinyTransformer:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(rng.integers(2 ** 31)))
+        model = TinyTransformer(vocab=vocab, d_model=d_model, n_heads=n_heads, depth=depth, seq_len=seq_len,
+                                placement=placement, init=init, norm=norm, causal=causal)
+    return model.to(dtype)
+
+
+def _tokens(rng, batch, seq, vocab=11):
+    return (torch.from_numpy(rng.integers(0, vocab, size=(batch, seq))),
+            torch.from_numpy(rng.integers(0, vocab, size=(batch, seq))))
+
+
+def per_layer_grad_norms_cases(rng: np.random.Generator) -> list[Case]:
+    cases = []
+    for placement, norm in [("post", "layer_norm"), ("pre", "layer_norm"), ("pre", "rms_norm")]:
+        depth, batch, seq = int(rng.integers(2, 5)), int(rng.integers(2, 4)), int(rng.integers(3, 9))
+        model = _transformer(rng, depth=depth, placement=placement, norm=norm)
+        cases.append(Case(f"{placement}-{norm} TinyTransformer of depth {depth}, batch {batch}, length {seq}",
+                          (model, *_tokens(rng, batch, seq))))
+    cases.append(Case("depth 1 (one block), Post-LN", (_transformer(rng, depth=1, placement="post"),
+                                                       *_tokens(rng, 2, 5))))
+    cases.append(Case("batch size 1, Pre-LN", (_transformer(rng, depth=2, placement="pre"), *_tokens(rng, 1, 6))))
+    cases.append(Case("sequence length 1 (attention over one token), Post-LN",
+                      (_transformer(rng, depth=2, placement="post"), *_tokens(rng, 3, 1))))
+    cases.append(Case("PyTorch's default initialization, causal attention, Pre-LN",
+                      (_transformer(rng, depth=3, placement="pre", init="default", causal=True),
+                       *_tokens(rng, 2, 6))))
+    cases.append(Case("float32 model, Post-LN", (_transformer(rng, depth=2, placement="post", dtype=torch.float32),
+                                                 *_tokens(rng, 2, 6)), **FLOAT32_TORCH_TOL))
+    return cases
+
+
+# ---------------------------------------------------------------- find the bug: layer_norm
+def layer_norm_cases(rng: np.random.Generator) -> list[Case]:
+    cases = []
+    for layout, n_normalized in [("BSD", 1), ("NC", 1), ("NCHW", 3), ("NCHW", 2)]:
+        x = random_input(rng, random_shape(rng, layout))
+        shape = x.shape[x.ndim - n_normalized:]
+        weight, bias = random_affine(rng, shape)
+        eps = random_eps(rng)
+        cases.append(Case(f"random {layout} input {x.shape}, normalized_shape {shape}, eps={eps:.3g}, "
+                          f"weight {'given' if weight is not None else 'None'}, "
+                          f"bias {'given' if bias is not None else 'None'}", (x, shape, weight, bias, eps)))
+    x = random_input(rng, (3, 5))
+    cases.append(Case("normalized_shape given as an int (5)", (x, 5)))
+    cases.append(Case("width 1: every output is the bias", (random_input(rng, (4, 1)), (1,), None,
+                                                             np.array([0.3]))))
+    shape = random_shape(rng, "BSD")
+    for label, x in edge_cases(rng, shape):
+        weight, bias = random_affine(rng, shape[-1:], weight=True, bias=True)
+        if x.dtype == np.float32:
+            weight, bias = weight.astype(np.float32), bias.astype(np.float32)
+        cases.append(Case(label, (x, shape[-1:], weight, bias)))
+    return cases
+
+
+PARTS = [
+    Part(PROBLEM_SET, "attention_probabilities_hidden", "attention_probabilities",
+         attention_probabilities_reference, attention_probabilities_cases, points=2, seed=601,
+         description="softmax(q k^T / sqrt(d)) over the keys, numerically stable"),
+    Part(PROBLEM_SET, "attention_entropy_hidden", "attention_entropy", attention_entropy,
+         attention_entropy_cases, points=2, seed=602,
+         description="Shannon entropy of every attention row, with 0 log 0 = 0"),
+    Part(PROBLEM_SET, "residual_block_hidden", "residual_block", residual, residual_block_cases,
+         points=2, seed=603, rtol=TORCH_RTOL, atol=TORCH_ATOL, compare=compare_tensors,
+         description="Post-LN y = N(x + F(x)) and Pre-LN y = x + F(N(x))"),
+    Part(PROBLEM_SET, "per_layer_grad_norms_hidden", "per_layer_grad_norms", per_layer_grad_norms,
+         per_layer_grad_norms_cases, points=2, seed=604, rtol=TORCH_RTOL, atol=TORCH_ATOL,
+         description="Frobenius norm of each block's second FFN weight gradient at initialization"),
+    Part(PROBLEM_SET, "layer_norm_fixed_hidden", "layer_norm", reference_layer_norm, layer_norm_cases,
+         points=3, seed=605, description="the fixed LayerNorm against the reference, edge cases included"),
+]
+
+register(PARTS)
