@@ -455,3 +455,77 @@ def test_release_leaks_nothing(ps):
     source_points = {g: c["metadata"]["nbgrader"]["points"] for g, c in _graded_cells("solutions", ps).items()}
     release_points = {g: c["metadata"]["nbgrader"]["points"] for g, c in _graded_cells("exercises", ps).items()}
     assert release_points == source_points, "regenerate the release: nbgrader generate_assignment --force"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Visible tests, run in-process (no kernel): the model solution passes them, and they catch the common
+# mistakes on their own, so a learner gets a failing visible test before any hidden one.
+
+def _namespace(ps: str) -> dict:
+    """Run every non-test code cell of the source notebook (imports, solutions, course helpers)."""
+    namespace: dict = {"__name__": f"notebook_{ps}"}
+    for cell in _cells("solutions", ps):
+        meta = cell["metadata"]["nbgrader"]
+        if cell["cell_type"] == "code" and not (meta["grade"] and not meta["solution"]):
+            exec(compile("".join(cell["source"]), f"<{ps}:{meta['grade_id']}>", "exec"), namespace)
+    return namespace
+
+
+def _test_cell(ps: str, grade_id: str) -> str:
+    return "".join(_graded_cells("solutions", ps)[grade_id]["source"])
+
+
+@pytest.mark.parametrize("ps", PROBLEM_SETS)
+def test_solution_passes_every_test_cell_in_process(ps):
+    namespace = _namespace(ps)
+    for grade_id, cell in _graded_cells("solutions", ps).items():
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), f"<{ps}:{grade_id}>", "exec"), namespace)
+
+
+VISIBLE_CATCHES = [
+    ("ps01_scopes", "reduction_axes", "reduction_axes", _axes_ln_per_sequence),
+    ("ps01_scopes", "batch_norm_train", "batch_norm_train", _bn_unbiased),
+    ("ps01_scopes", "batch_norm_train", "batch_norm_train", _bn_batch_axis_only),
+    ("ps01_scopes", "layer_norm_forward", "layer_norm", _ln_eps_outside),
+    ("ps01_scopes", "layer_norm_forward", "layer_norm", _ln_unbiased_std),
+    ("ps01_scopes", "instance_norm_forward", "instance_norm", _in_as_layer_norm),
+    ("ps01_scopes", "group_norm_forward", "group_norm", _gn_interleaved),
+    ("ps01_scopes", "rms_norm_forward", "rms_norm", _rms_centered),
+    ("ps01_scopes", "rms_norm_forward", "rms_norm", _rms_fixed_eps),
+    ("ps02_batchnorm_state", "batch_norm_step_training", "batch_norm_step", _step_with(keras=True)),
+    ("ps02_batchnorm_state", "batch_norm_step_training", "batch_norm_step", _step_with(biased_running=True)),
+    ("ps02_batchnorm_state", "batch_norm_step_training", "batch_norm_step", _step_with(rebind=True)),
+    ("ps02_batchnorm_state", "batch_norm_step_eval", "batch_norm_step", _step_with(batch_stats_in_eval=True)),
+    ("ps02_batchnorm_state", "batch_norm_step_eval", "batch_norm_step", _step_with(update_in_eval=True)),
+    ("ps02_batchnorm_state", "eval_affine", "eval_affine", _eval_affine_forgot_scale),
+    ("ps03_backward", "numerical_gradient", "numerical_gradient", _forward_difference),
+    ("ps03_backward", "numerical_gradient", "numerical_gradient", _gradient_that_forgets_to_restore),
+    ("ps03_backward", "relative_error", "relative_error", _relative_error_no_floor),
+    ("ps03_backward", "relative_error", "relative_error", _relative_error_mean),
+    ("ps03_backward", "layer_norm_backward", "layer_norm_backward", _ln_backward_no_mean_term),
+    ("ps03_backward", "batch_norm_backward", "batch_norm_backward", _bn_backward_constant_stats),
+    ("ps03_backward", "rms_norm_backward", "rms_norm_backward", _rms_backward_as_layer_norm),
+]
+
+
+@pytest.mark.parametrize("ps, grade_id, function, wrong", VISIBLE_CATCHES,
+                         ids=[f"{g}:{getattr(w, '__name__', 'fn')}-{i}" for i, (_, g, _, w) in enumerate(VISIBLE_CATCHES)])
+def test_visible_test_catches_common_mistake(ps, grade_id, function, wrong):
+    namespace = _namespace(ps)
+    namespace[function] = wrong
+    with pytest.raises(AssertionError), np.errstate(all="ignore"):
+        exec(compile(_test_cell(ps, grade_id), f"<{ps}:{grade_id}>", "exec"), namespace)
+
+
+@pytest.mark.parametrize("ps", PROBLEM_SETS)
+def test_release_is_up_to_date(ps):
+    """Every read-only cell and visible test of the release is the source's cell, unchanged."""
+    release = {c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"]) for c in _cells("exercises", ps)}
+    for cell in _cells("solutions", ps):
+        meta = cell["metadata"]["nbgrader"]
+        source = "".join(cell["source"])
+        assert meta["grade_id"] in release, f"{meta['grade_id']} missing from the release"
+        if not meta["solution"] and "BEGIN HIDDEN TESTS" not in source:
+            assert release[meta["grade_id"]] == source, (
+                f"{meta['grade_id']} differs from the source: run nbgrader generate_assignment {ps} --force")
