@@ -24,6 +24,26 @@ cp "$mathjax_es5/tex-chtml.js" "$target/"
 cp -r "$mathjax_es5/output/chtml/fonts/woff-v2" "$target/output/chtml/fonts/"
 cp -r "$mathjax_es5/input/tex/extensions" "$target/input/tex/"
 
+# The execution cache matches a chapter by its code cells only. The chapters also import the course
+# package, so a change there (or in the pinned requirements, or the execution settings) must re-run
+# every chapter: drop the cache when any of those inputs changed since it was filled. The grading
+# tools (normcourse/grading) count only if a chapter imports them.
+package_sources() {
+  if grep -qs "normcourse.grading" chapters/*.md; then
+    find autograder/normcourse -name '*.py' -not -path '*/__pycache__/*'
+  else
+    find autograder/normcourse -name '*.py' -not -path '*/__pycache__/*' -not -path 'autograder/normcourse/grading/*'
+  fi | LC_ALL=C sort
+}
+inputs=$( { package_sources | xargs cat; cat requirements.txt _config.yml; } | sha256sum | cut -d' ' -f1)
+cache=_build/.jupyter_cache
+if [ -d "$cache" ] && [ "$(cat "$cache/.normcourse_inputs" 2>/dev/null)" != "$inputs" ]; then
+  echo "The course package, requirements or _config.yml changed: every chapter will be executed again."
+  rm -rf "$cache"
+fi
+mkdir -p "$cache"
+echo "$inputs" > "$cache/.normcourse_inputs"
+
 # Strict clean: Sphinx repeats no warning for a page it does not re-read, so throw away the HTML and
 # the doctrees, but keep _build/.jupyter_cache (unchanged chapters are not re-executed).
 rm -rf _build/html _build/.doctrees _build/jupyter_execute

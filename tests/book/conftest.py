@@ -70,8 +70,12 @@ def book_build():
 
 @pytest.fixture(scope="session")
 def built_site(book_build):
-    """The _build/html folder, or a failure that shows the end of the build output."""
-    if book_build.returncode != 0 or not (HTML / "index.html").exists():
+    """The _build/html folder, or a failure that shows the end of the build output.
+
+    A build with warnings still produces every page (--keep-going); the browser checks then run on it
+    too, so one run reports everything (test_book.py fails on the warnings themselves).
+    """
+    if not (HTML / "index.html").exists():
         pytest.fail("The book did not build; the end of scripts/build_book.sh's output:\n"
                     + book_build.log[-6000:], pytrace=False)
     return HTML
