@@ -529,3 +529,16 @@ def test_release_is_up_to_date(ps):
         if not meta["solution"] and "BEGIN HIDDEN TESTS" not in source:
             assert release[meta["grade_id"]] == source, (
                 f"{meta['grade_id']} differs from the source: run nbgrader generate_assignment {ps} --force")
+
+
+@pytest.mark.parametrize("ps", PROBLEM_SETS)
+def test_intro_states_the_points_the_metadata_gives(ps):
+    import re
+    cells = _cells("solutions", ps)
+    graded = [c for c in cells if c["metadata"]["nbgrader"]["grade"]]
+    auto = sum(c["metadata"]["nbgrader"]["points"] for c in graded if c["cell_type"] == "code")
+    written = sum(c["metadata"]["nbgrader"]["points"] for c in graded if c["cell_type"] == "markdown")
+    intro = "".join(cells[0]["source"])
+    match = re.search(r"Points: (\d+) in total, (\d+) autograded and (\d+) for the written", intro)
+    assert match, "the intro states the points"
+    assert tuple(int(g) for g in match.groups()) == (auto + written, auto, written)
