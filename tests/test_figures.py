@@ -98,3 +98,15 @@ def test_style_and_colors_unchanged():
     use_style()
     assert matplotlib.rcParams["axes.spines.top"] is False
     assert set(NORM_COLORS) >= {"batch_norm", "layer_norm", "instance_norm", "group_norm", "rms_norm"}
+
+
+def test_table_renders_html_markdown_and_text():
+    from normcourse.figures import Table
+
+    table = Table(["norm", "axes <reduced>"], [("batch_norm", "N,H,W"), ("layer_norm", 3)])
+    html = table._repr_html_()
+    assert html.count("<tr>") == 3 and "&lt;reduced&gt;" in html
+    assert table._repr_markdown_().splitlines()[2] == "| batch_norm | N,H,W |"
+    assert repr(table).splitlines()[2].split() == ["layer_norm", "3"]
+    with pytest.raises(ValueError, match="cells"):
+        Table(["a", "b"], [(1,)])

@@ -192,3 +192,44 @@ def scope_cubes(norms=("batch_norm", "layer_norm", "instance_norm", "group_norm"
         axes.append(ax)
     fig.subplots_adjust(left=0.0, right=1.0, bottom=0.02, top=0.9, wspace=0.05)
     return fig, axes, drawn
+
+
+class Table:
+    """A small results table that renders the same in Jupyter and in the built book.
+
+    Chapters display measured numbers as tables. The book renders a cell's HTML output before its
+    Markdown (MyST-NB renders Markdown outputs as CommonMark, which has no tables), so the table
+    offers HTML, Markdown (for notebook front ends that prefer it) and plain text.
+
+    Args:
+        header: column titles.
+        rows: sequences of cells, each converted with ``str``.
+
+    Example:
+        >>> Table(["norm", "axes"], [("batch_norm", "N,H,W")])._repr_markdown_().splitlines()[0]
+        '| norm | axes |'
+    """
+
+    def __init__(self, header, rows):
+        self.header = [str(h) for h in header]
+        self.rows = [[str(c) for c in row] for row in rows]
+        for row in self.rows:
+            if len(row) != len(self.header):
+                raise ValueError(f"row {row} has {len(row)} cells, the header has {len(self.header)}")
+
+    def _repr_markdown_(self) -> str:
+        lines = ["| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in self.rows])
+
+    def _repr_html_(self) -> str:
+        import html
+
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                       for row in self.rows)
+        return f'<table class="table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+    def __repr__(self) -> str:
+        widths = [max(len(r[i]) for r in [self.header] + self.rows) for i in range(len(self.header))]
+        fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths))  # noqa: E731
+        return "\n".join([fmt(self.header)] + [fmt(r) for r in self.rows])
