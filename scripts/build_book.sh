@@ -13,6 +13,14 @@ if [ -z "${BOOK_SKIP_SETUP:-}" ]; then
 fi
 PY=.venv/bin/python
 
+# One build at a time per checkout (a second build would delete the pages the first is writing).
+mkdir -p _build
+exec 9>_build/.build.lock
+if ! flock -n 9; then
+  echo "Another book build is running in this checkout; waiting for it to finish..."
+  flock 9
+fi
+
 # MathJax 3, served from the site itself (the default would load it from a CDN). Copied fresh from the
 # installed django-static-mathjax package each time so that nothing vendored goes stale; _config.yml
 # points html_static_path at _build/mathjax and mathjax_path at mathjax/tex-chtml.js.

@@ -112,6 +112,11 @@ INSPECT_JS = """
                              .map(node => node.textContent.trim().slice(0, 80));
   const mathErrors = Array.from(document.querySelectorAll('mjx-merror'))
                           .map(node => (node.getAttribute('data-mjx-error') || node.textContent).slice(0, 80));
+  // MathJax's `noundefined` extension shows an unknown macro as red text instead of an error (CHTML
+  // draws glyphs with CSS, so the macro's name is read from the assistive MathML copy).
+  const undefinedMacros = Array.from(document.querySelectorAll('mjx-container mjx-mtext[style*="color: red"]'))
+      .map(node => { const mml = node.closest('mjx-container').querySelector('mjx-assistive-mml mtext[mathcolor="red"]');
+                     return mml ? mml.textContent : '(red text in an equation)'; });
   const brokenImages = Array.from(document.images).filter(img => !(img.complete && img.naturalWidth > 0))
                             .map(img => img.currentSrc || img.src || img.outerHTML.slice(0, 80));
   const article = document.querySelector('main') || document.body;
@@ -120,7 +125,7 @@ INSPECT_JS = """
          .forEach(node => node.remove());
   const links = Array.from(document.querySelectorAll('a[href]')).map(a => a.href);
   const ids = Array.from(document.querySelectorAll('[id], [name]')).map(n => n.id || n.getAttribute('name'));
-  return {usesMathJax, mathCount: mathNodes.length, untypeset, mathErrors, brokenImages,
+  return {usesMathJax, mathCount: mathNodes.length, untypeset, mathErrors, undefinedMacros, brokenImages,
           text: visible.innerText, links, ids,
           mathJaxReady: !usesMathJax || !!(window.MathJax && window.MathJax.startup &&
                                            window.MathJax.startup.document)};
@@ -175,6 +180,7 @@ def test_page_renders_offline_and_completely(browser, site_url, link_checker, pa
         assert report["usesMathJax"], f"{page_path} has math but loads no MathJax"
     problems += [f"math not typeset: {text!r}" for text in report["untypeset"]]
     problems += [f"MathJax error: {text!r}" for text in report["mathErrors"]]
+    problems += [f"undefined TeX macro: {text}" for text in report["undefinedMacros"]]
     if not report["mathJaxReady"]:
         problems.append("MathJax did not start")
     for label, pattern in RAW_TEX:
@@ -200,4 +206,5 @@ def test_page_renders_offline_and_completely(browser, site_url, link_checker, pa
             known = own_ids if same_page else link_checker.anchors(target)
             if anchor not in known and anchor not in link_checker.anchors(target):
                 problems.append(f"link {href}: no element with id {anchor!r}")
+    problems = list(dict.fromkeys(problems))  # the same failure seen by two listeners counts once
     assert not problems, f"{page_path}:\n  " + "\n  ".join(problems)
