@@ -79,7 +79,7 @@ def cube_voxels(norm: str, layout: str = "NCHW", shape: tuple[int, ...] = (4, 6,
         - Output: ``(N, C, H*W)`` for ``NCHW``, ``(B, S, D)`` for ``BSD``.
 
     Example:
-        >>> cube_voxels("instance_norm", "NCHW", (2, 3, 2, 2)).sum()   # one channel of one image
+        >>> int(cube_voxels("instance_norm", "NCHW", (2, 3, 2, 2)).sum())   # one channel of one image
         4
     """
     if layout not in CUBE_AXIS_LABELS:
