@@ -10,7 +10,7 @@ from torch import nn
 
 from normcourse import models
 from normcourse.models import (CovariateShiftNoise, NoisyBatchNorm, accuracy, load_digits_tensors, mlp,
-                               small_cnn, train)
+                               relu_inputs, small_cnn, train)
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +168,34 @@ def test_accuracy_restores_mode(digits):
     value = accuracy(net, digits.x_test, digits.y_test)
     assert 0.0 <= value <= 1.0 and net.training
     assert models.NORMS[0] is None
+
+
+# ---------------------------------------------------------------- initialization and probes
+def test_kaiming_init_keeps_the_signal_and_default_shrinks_it():
+    x = torch.randn(512, 64)
+    default = relu_inputs(mlp(init="default", seed=0), x)
+    kaiming = relu_inputs(mlp(init="kaiming", seed=0), x)
+    # the signal is the spread over samples (the biases add a sample-independent offset).
+    # default U(-1/sqrt(n), 1/sqrt(n)): second moment / ~6 per layer, so 7 layers lose > 100x in spread
+    def spread(a):
+        return a.std(0).mean().item()
+    assert spread(default[-1]) < spread(default[0]) / 100
+    # He init: roughly constant scale (a factor 3 either way is far from the default's collapse)
+    assert 1 / 3 < spread(kaiming[-1]) / spread(kaiming[0]) < 3
+    assert all(not l.bias.detach().any() for l in mlp(init="kaiming") if isinstance(l, nn.Linear))
+    with pytest.raises(ValueError, match="init"):
+        mlp(init="xavier")
+
+
+def test_relu_inputs_leave_model_untouched_and_see_batch_statistics():
+    net = mlp(depth=2, width=8, norm="batch_norm", noisy=True, seed=0)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    noise_state = net[2].generator.get_state()
+    x = torch.randn(32, 64)
+    inputs = relu_inputs(net, x)
+    assert [a.shape for a in inputs] == [(32, 8), (32, 8)]
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    assert torch.equal(net[2].generator.get_state(), noise_state)
+    plain = relu_inputs(mlp(depth=2, width=8, norm="batch_norm", seed=0), x)
+    # without noise, BN output on its own batch has mean beta = 0 at initialization
+    assert plain[0].mean(0).abs().max() < 1e-5

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 __all__ = ["DigitsData", "load_digits_tensors", "mlp", "CovariateShiftNoise", "NoisyBatchNorm",
-           "small_cnn", "History", "train", "accuracy", "NORMS"]
+           "small_cnn", "History", "train", "accuracy", "relu_inputs", "NORMS"]
 
 #: Normalizations the model builders accept (``None`` means no normalization).
 NORMS = (None, "batch_norm", "layer_norm", "group_norm")
@@ -200,7 +200,7 @@ class _Seeded:
 
 
 def mlp(*, in_dim: int = 64, width: int = 128, depth: int = 8, out_dim: int = 10, norm: str | None = None,
-        noisy: bool = False, seed: int | None = 0) -> nn.Sequential:
+        noisy: bool = False, init: str = "default", seed: int | None = 0) -> nn.Sequential:
     r"""A ReLU MLP with an optional normalization after each hidden linear layer.
 
     .. math::
@@ -210,7 +210,13 @@ def mlp(*, in_dim: int = 64, width: int = 128, depth: int = 8, out_dim: int = 10
     where Norm is BatchNorm1d, LayerNorm or the identity, and :math:`\xi_\ell` is
     :class:`CovariateShiftNoise` when ``noisy`` (the identity otherwise). ``noisy=True`` with
     ``norm="batch_norm"`` is Santurkar et al.'s noisy BatchNorm; with ``norm=None`` it is the same
-    noise in a plain network. Weights use PyTorch's default initialization.
+    noise in a plain network.
+
+    With ``init="default"`` the linear layers keep PyTorch's initialization (weights
+    :math:`U(-1/\sqrt{n_{in}}, 1/\sqrt{n_{in}})`, which shrinks the signal by about
+    :math:`\sqrt{6}` per ReLU layer, so a deep plain MLP starts with vanishing activations and
+    gradients); ``init="kaiming"`` draws :math:`W \sim \mathcal N(0, 2/n_{in})` and :math:`b = 0` (He et
+    al. 2015), which keeps the activation scale roughly constant through the ReLUs.
 
     Args (keyword-only, so calls read unambiguously):
         in_dim: input features. Default: 64 (the flat digits).
@@ -219,6 +225,7 @@ def mlp(*, in_dim: int = 64, width: int = 128, depth: int = 8, out_dim: int = 10
         out_dim: output logits. Default: 10.
         norm: ``None``, ``"batch_norm"`` or ``"layer_norm"``. Default: None.
         noisy: add :class:`CovariateShiftNoise` after each hidden layer's normalization. Default: False.
+        init: ``"default"`` (PyTorch's) or ``"kaiming"``. Default: ``"default"``.
         seed: seed for the weights (and, offset per layer, the noise); ``None`` uses torch's global
             random state. Default: 0.
 
@@ -238,6 +245,8 @@ def mlp(*, in_dim: int = 64, width: int = 128, depth: int = 8, out_dim: int = 10
         raise ValueError("mlp supports norm=None, 'batch_norm' or 'layer_norm'")
     if depth < 0:
         raise ValueError(f"depth must be >= 0, got {depth}")
+    if init not in ("default", "kaiming"):
+        raise ValueError(f"init must be 'default' or 'kaiming', got {init!r}")
     layers: list[nn.Module] = []
     with _Seeded(seed):
         fan_in = in_dim
@@ -253,6 +262,11 @@ def mlp(*, in_dim: int = 64, width: int = 128, depth: int = 8, out_dim: int = 10
             layers.append(nn.ReLU())
             fan_in = width
         layers.append(nn.Linear(fan_in, out_dim))
+        if init == "kaiming":
+            for layer in layers:
+                if isinstance(layer, nn.Linear):
+                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                    nn.init.zeros_(layer.bias)
     return nn.Sequential(*layers)
 
 
@@ -396,3 +410,34 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(dim=1) == y).float().mean())
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def relu_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    r"""The input of every ``nn.ReLU`` of ``model`` on ``x``, in order: the pre-activations.
+
+    For a hidden layer of :func:`mlp` this is :math:`\xi(\mathrm{Norm}(W h + b))`, the quantity whose
+    distribution Ioffe & Szegedy watch drift during training (their Figure 1). The forward pass runs on
+    a copy of the model in its current mode, so in training mode BatchNorm normalizes with the
+    statistics of ``x`` while the model's own running statistics and noise generators stay untouched.
+
+    Args:
+        model: the network (not modified).
+        x: an input batch.
+
+    Returns:
+        list of tensors, one per ReLU, each of shape ``(N, units)`` (or ``(N, C, H, W)``).
+
+    Example:
+        >>> [a.shape for a in relu_inputs(mlp(depth=2, width=16), torch.randn(5, 64))]
+        [torch.Size([5, 16]), torch.Size([5, 16])]
+    """
+    import copy
+
+    probe = copy.deepcopy(model)
+    captured: list[torch.Tensor] = []
+    for module in probe.modules():
+        if isinstance(module, nn.ReLU):
+            module.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
+    probe(x)
+    return captured
