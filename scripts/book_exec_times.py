@@ -6,7 +6,8 @@ directive shows. ``method`` is "cache" when the chapter was executed now and sto
 ``_build/.jupyter_cache``; ``runtime`` is the execution time of that cached run in seconds, and
 ``mtime`` says when that run happened, so an old timestamp means the chapter was taken from the cache.
 
-Usage: python scripts/book_exec_times.py [BUILD_DIR]   (default _build)
+Usage: python scripts/book_exec_times.py [BUILD_DIR [BUILD_START_EPOCH]]   (default _build)
+With BUILD_START_EPOCH (seconds), each chapter is marked "executed" (run by this build) or "cached".
 """
 
 import pickle
@@ -32,16 +33,18 @@ def execution_rows(build_dir):
 
 def main(argv):
     build_dir = argv[1] if len(argv) > 1 else "_build"
+    started = float(argv[2]) if len(argv) > 2 else None
     rows = execution_rows(build_dir)
     if not rows:
         print("No executed notebooks recorded.")
         return 0
-    print(f"{'chapter':<45} {'run time (s)':>12}  {'executed at (UTC)':<20} ok")
+    print(f"{'chapter':<45} {'run time (s)':>12}  {'executed at (UTC)':<20} {'this build':<10} ok")
     total = 0.0
     for docname, _method, runtime, when, succeeded in rows:
         total += runtime or 0.0
         shown = "-" if runtime is None else f"{runtime:.1f}"
-        print(f"{docname:<45} {shown:>12}  {when:%Y-%m-%d %H:%M:%S}  {'yes' if succeeded else 'NO'}")
+        origin = "?" if started is None else ("executed" if when.timestamp() >= started else "cached")
+        print(f"{docname:<45} {shown:>12}  {when:%Y-%m-%d %H:%M:%S}  {origin:<10} {'yes' if succeeded else 'NO'}")
     print(f"{'total':<45} {total:>12.1f}")
     return 0
 

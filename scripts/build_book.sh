@@ -65,8 +65,8 @@ set -e
 elapsed=$(( $(date +%s) - start ))
 
 echo
-echo "Chapter execution (MyST-NB's record; 'executed at' older than this build = taken from the cache):"
-"$PY" scripts/book_exec_times.py _build || true
+echo "Chapter execution times (MyST-NB's record; a cached chapter shows the run that filled the cache):"
+"$PY" scripts/book_exec_times.py _build "$start" || true
 echo "Book build took ${elapsed} s."
 
 # Belt and braces: -W already turns warnings into a failing exit status; also refuse a log with any.
