@@ -93,3 +93,27 @@ def test_bibliography_lists_every_entry_of_references_bib(built_site):
     page = (built_site / "bibliography.html").read_text(encoding="utf-8")
     shown = page.count('class="citation"')
     assert shown == len(keys), f"bibliography.html shows {shown} entries, references.bib has {len(keys)}"
+
+
+REQUIRED_KEYS = ["ioffe2015batch", "santurkar2018how", "ba2016layer", "ulyanov2016instance", "wu2018group",
+                 "zhang2019root", "xiong2020layer", "vaswani2017attention", "zhu2025transformers",
+                 "bjorck2018understanding", "kingma2015adam", "lecun1998efficient", "touvron2023llama",
+                 "pascanu2013difficulty"]
+
+
+def test_references_bib_has_the_keys_chapters_cite_with_complete_entries():
+    from pybtex.database import parse_file
+
+    entries = parse_file(REPO / "references.bib").entries
+    missing = [key for key in REQUIRED_KEYS if key not in entries]
+    assert not missing, f"references.bib lacks {missing}"
+    incomplete = [key for key, entry in entries.items()
+                  if not entry.persons.get("author") or not {"title", "year"} <= set(entry.fields)]
+    assert not incomplete, f"entries without author, title or year: {incomplete}"
+
+
+def test_glossary_gives_the_chinese_terms_of_the_seeds():
+    glossary = (REPO / "glossary.md").read_text(encoding="utf-8")
+    for term in ["批归一化", "层归一化", "实例归一化", "组归一化", "均方根归一化", "内部协变量偏移", "雅可比矩阵",
+                 "谱范数", "平滑性", "利普希茨", "残差", "预归一化", "后归一化"]:
+        assert term in glossary, term
