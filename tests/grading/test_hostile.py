@@ -1,7 +1,7 @@
 """Hostile and broken submissions: each is graded correctly or flagged, never crashes the batch,
 never counts as passed.
 
-All variants are graded in ONE parallel batch (``workers=2``, 5 s per cell, 2 GiB memory cap) by the
+All variants are graded in ONE parallel batch (``workers=2``, 10 s per cell, 2 GiB memory cap) by the
 real pipeline (:func:`normcourse.grading.autograde.autograde`: nbgrader in isolated workers, then the
 out-of-kernel re-check), and each test reads its student's ledger record and the course gradebook.
 
@@ -17,7 +17,7 @@ import copy
 import nbformat
 import pytest
 
-from conftest import PROBLEM_SET, cell, make_course, solution_nb, submit, with_solution
+from grading_helpers import PROBLEM_SET, cell, make_course, solution_nb, submit, with_solution
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def graded(tmp_path_factory):
     for student, nb in _variants(release_nb).items():
         submit(course, student, nb)
     submit(course, "invalid_json", raw=b'{"cells": [ this is not json')
-    options = AutogradeOptions(workers=2, cell_timeout=5, recheck_timeout=60, submission_timeout=300,
+    options = AutogradeOptions(workers=2, cell_timeout=10, recheck_timeout=90, submission_timeout=400,
                                limits=Limits(memory_mb=2048), progress=False)
     summary = autograde(course, PROBLEM_SET, options)
     return course, summary

@@ -63,6 +63,8 @@ class AutogradeOptions:
             minutes); on expiry the worker's process group is killed and the submission fails.
         recheck_timeout: wall-clock seconds for the out-of-kernel re-check of one notebook.
         retries: extra attempts after an infrastructure failure.
+        startup_timeout: seconds a kernel may take to start before the attempt counts as an
+            infrastructure failure.
         force: overwrite existing grades that differ (each overwrite is logged in the ledger).
         regrade: grade again even if the ledger says these exact files were already graded.
         limits: memory/CPU/file caps of the kernel and the re-check.
@@ -75,6 +77,7 @@ class AutogradeOptions:
     submission_timeout: float = 600.0
     recheck_timeout: float = 180.0
     retries: int = 2
+    startup_timeout: int = 60
     force: bool = False
     regrade: bool = False
     limits: Limits = field(default_factory=Limits)
@@ -208,13 +211,20 @@ def _record(result: dict, status: str, reason: str, attempts: int) -> dict:
                 max_score += g["max_score"]
     return {"status": status, "reason": reason, "fingerprint": result.get("fingerprint"),
             "flags": result.get("flags", []), "parts": parts, "score": score, "max_score": max_score,
-            "attempts": attempts, "recheck": result.get("recheck", {}), "seconds": result.get("seconds")}
+            "attempts": attempts, "recheck": result.get("recheck", {}), "seconds": result.get("seconds"),
+            "log_tail": result.get("log_tail", "")[-1500:] if status != "graded" else ""}
 
 
 def _merge(course: Course, ledger: Ledger, result: dict, attempts: int, force: bool) -> dict:
     problem_set, student = result["problem_set"], result["student"]
     status = result["status"]
     if status == "infrastructure":
+        previous = ledger.get(problem_set, student)
+        if previous and previous["status"] in ("graded", "failed"):
+            # keep the last real outcome (and its grades); the failed attempt is only logged
+            ledger.log("infrastructure_error", problem_set=problem_set, student=student,
+                       attempts=attempts, reason=result.get("reason", "")[:1000])
+            return dict(previous, last_attempt=f"infrastructure error: {result.get('reason', '')[:300]}")
         record = _record(result, "infrastructure", result.get("reason", ""), attempts)
     else:
         if status == "failed":
@@ -252,10 +262,12 @@ def _start(task: _Task, course: Course, problem_set: str, scratch: Path, templat
     task.result_path = base / "result.json"
     task.job_path = base / "job.json"
     task.job_path.write_text(json.dumps({
-        "course_root": str(course.root), "problem_set": problem_set, "student": task.student,
+        "course_root": str(course.root), "course_work": str(course.work) if course.work else None,
+        "problem_set": problem_set, "student": task.student,
         "submission_dir": str(course.submitted_dir(problem_set, task.student)),
         "workspace": str(base / "course"), "template_db": str(template_db), "result_path": str(task.result_path),
         "cell_timeout": cell_timeout, "recheck_timeout": options.recheck_timeout,
+        "startup_timeout": options.startup_timeout,
         "limits": asdict(options.limits)}))
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     log = open(base / "worker.log", "wb")

@@ -59,9 +59,17 @@ def load_config(root: Path, overrides: dict | None = None) -> Config:
 
 @dataclass(frozen=True)
 class Course:
-    """A course root and the grading work area its nbgrader config names."""
+    """A course root and its grading work area.
+
+    Attributes:
+        root: the folder with ``nbgrader_config.py``.
+        work: the grading work area; None means whatever the config names (``grading/`` or
+            ``$NORMCOURSE_GRADING_DIR``). Tests pass a temp folder here so that several courses can
+            coexist in one process.
+    """
 
     root: Path
+    work: Path | None = None
 
     @classmethod
     def find(cls, start: str | os.PathLike | None = None) -> "Course":
@@ -81,7 +89,17 @@ class Course:
 
     # -- configuration ---------------------------------------------------------------------------
     def config(self, overrides: dict | None = None) -> Config:
-        return load_config(self.root, overrides)
+        merged: dict = {}
+        if self.work is not None:
+            work = Path(self.work).resolve()
+            merged["CourseDirectory"] = {
+                "submitted_directory": os.path.relpath(work / "submitted", self.root),
+                "autograded_directory": os.path.relpath(work / "autograded", self.root),
+                "feedback_directory": os.path.relpath(work / "feedback", self.root),
+                "db_url": f"sqlite:///{work / 'gradebook.db'}"}
+        for section, values in (overrides or {}).items():
+            merged.setdefault(section, {}).update(values)
+        return load_config(self.root, merged)
 
     def coursedir(self, overrides: dict | None = None):
         from nbgrader.coursedir import CourseDirectory

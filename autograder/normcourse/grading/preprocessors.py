@@ -11,9 +11,9 @@ are error outputs, which it leaves alone.
 
 from __future__ import annotations
 
-from nbconvert.preprocessors import Preprocessor
 from nbformat.notebooknode import NotebookNode
 from nbgrader import utils
+from nbgrader.preprocessors import NbGraderPreprocessor
 
 __all__ = ["StderrIsNotFailure", "AUTOGRADE_PREPROCESSORS", "demote_stderr"]
 
@@ -35,7 +35,7 @@ def demote_stderr(cell: NotebookNode) -> int:
     return changed
 
 
-class StderrIsNotFailure(Preprocessor):
+class StderrIsNotFailure(NbGraderPreprocessor):  # nbgrader's base: enabled by default
     """Keep stderr text visible in test cells without letting it zero the cell's grade."""
 
     def preprocess_cell(self, cell, resources, index):

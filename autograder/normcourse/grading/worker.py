@@ -77,6 +77,8 @@ def classify_failure(log: str) -> str:
 def _last_error(log: str) -> str:
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
     for line in reversed(lines):
+        if "Please see the" in line:  # nbgrader's generic closing line; the cause is above it
+            continue
         if re.match(r"^[\w.]*(Error|Exception|Exit)\b", line) or "Error:" in line:
             return line[:300]
     return lines[-1][:300] if lines else "no log"
@@ -132,7 +134,7 @@ def grade_submission(job: dict) -> dict:
 
     started = time.monotonic()
     problem_set, student = job["problem_set"], job["student"]
-    course = Course(Path(job["course_root"]))
+    course = Course(Path(job["course_root"]), Path(job["course_work"]) if job.get("course_work") else None)
     workspace = Path(job["workspace"])
     if workspace.exists():
         shutil.rmtree(workspace)
@@ -175,7 +177,7 @@ def grade_submission(job: dict) -> dict:
                     "interrupt_on_timeout": True, "startup_timeout": int(job.get("startup_timeout", 60))},
         "Autograde": {"autograde_preprocessors": AUTOGRADE_PREPROCESSORS},
     }
-    api = Course(course.root).api(overrides)
+    api = course.api(overrides)
     outcome = api.autograde(problem_set, student, force=True, create=True)
     log = outcome.get("log", "") + "\n" + (outcome.get("error") or "")
     result["log_tail"] = log[-4000:]
