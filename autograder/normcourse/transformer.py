@@ -19,7 +19,7 @@ Example::
 
     >>> import torch
     >>> from normcourse.transformer import TinyTransformer
-    >>> torch.manual_seed(0)
+    >>> _ = torch.manual_seed(0)
     >>> model = TinyTransformer(vocab=64, d_model=32, n_heads=4, depth=2, seq_len=8, placement="pre")
     >>> tokens = torch.randint(0, 64, (3, 8))
     >>> logits, probs = model(tokens, return_attention=True)

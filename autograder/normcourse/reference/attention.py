@@ -55,7 +55,7 @@ def attention_entropy(probs) -> np.ndarray:
         raise ValueError(f"every row of probs must sum to 1 (the output of a softmax); the worst row sums "
                          f"to {1.0 + worst if np.any(row_sums > 1) else 1.0 - worst:.6g}")
     safe = np.where(p > 0, p, 1.0)                       # log(1) = 0 implements 0 log 0 = 0
-    return -np.sum(p * np.log(safe), axis=-1)
+    return 0.0 - np.sum(p * np.log(safe), axis=-1)      # 0.0 - x, not -x: no negative zeros
 
 
 def _ffn_second_weight(block):
