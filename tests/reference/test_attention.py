@@ -102,3 +102,11 @@ def test_pre_ln_last_block_gradient_shrinks_with_depth():
     """
     out = compare_placements(depths=(2, 24), placements=("pre",))
     assert out["pre"][24][-1] < out["pre"][2][-1] / 2
+
+
+def test_compare_placements_with_rms_norm_is_pre_only():
+    out = compare_placements(depths=(2,), d_model=16, n_heads=2, vocab=10, seq_len=4, batch=2,
+                             placements=("pre",), norm="rms_norm")
+    assert out["pre"][2].shape == (2,) and np.all(out["pre"][2] > 0)
+    with pytest.raises(ValueError, match="pre"):
+        compare_placements(depths=(2,), d_model=16, n_heads=2, placements=("post",), norm="rms_norm")
