@@ -467,3 +467,12 @@ def test_rms_norm_eps_is_inside_the_square_root():
     ours = ref.rms_norm(x, (6,), eps=eps)
     assert max_err(ours, expected) <= F64_TOL and max_err(ours, outside) > 1e-2
     assert max_err(ours, F.rms_norm(tensor(x), [6], eps=eps)) <= F64_TOL
+
+
+def test_rms_norm_default_eps_follows_torch_compute_dtype_for_float16():
+    """torch computes float16 RMSNorm in float32 and takes float32's epsilon when eps=None."""
+    x = np.array([[1e-4, 2e-4, -1e-4]], dtype=np.float16)
+    ours = ref.rms_norm(x, (3,))
+    theirs = F.rms_norm(torch.from_numpy(x), (3,)).numpy()
+    assert ours.dtype == np.float16
+    np.testing.assert_allclose(ours.astype(np.float64), theirs.astype(np.float64), rtol=2e-3, atol=1e-3)

@@ -27,6 +27,20 @@ def output_dtype(x: np.ndarray) -> np.dtype:
     return x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
 
 
+def default_rms_eps(dtype) -> float:
+    """RMSNorm's ``eps=None``: machine epsilon of the dtype PyTorch *computes* in.
+
+    ``torch.nn.functional.rms_norm`` accumulates float16 (and bfloat16) inputs in float32 and takes
+    that type's epsilon (1.19e-7), not float16's 9.8e-4; float32 and float64 use their own.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        dtype = np.dtype(np.float64)
+    elif dtype.itemsize < 4:
+        dtype = np.dtype(np.float32)
+    return float(np.finfo(dtype).eps)
+
+
 def check_eps(eps: float) -> float:
     eps = float(eps)
     if not np.isfinite(eps) or eps <= 0:

@@ -33,7 +33,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import scopes
-from ._checks import as_input, check_eps, check_param, normalized_shape_tuple, output_dtype
+from ._checks import (as_input, check_eps, check_param, default_rms_eps, normalized_shape_tuple,
+                      output_dtype)
 
 __all__ = ["layer_norm_backward", "batch_norm_backward", "rms_norm_backward"]
 
@@ -190,7 +191,7 @@ def rms_norm_backward(dy, x, normalized_shape, weight=None, eps=None):
         x: the forward's input, shape ``(*, *normalized_shape)``.
         normalized_shape: int or tuple of ints; the trailing dimensions of ``x``.
         weight: gain of shape ``normalized_shape`` or None. Default: None.
-        eps: as in the forward; None means ``np.finfo(x.dtype).eps``. Default: None.
+        eps: as in the forward; None means :func:`_checks.default_rms_eps` of x's dtype. Default: None.
 
     Returns:
         ``(dx, dweight)``; ``dweight`` is None when ``weight`` is None. In ``x``'s float dtype.
@@ -206,7 +207,7 @@ def rms_norm_backward(dy, x, normalized_shape, weight=None, eps=None):
     """
     x = as_input(x)
     shape = normalized_shape_tuple(normalized_shape, x)
-    eps = float(np.finfo(output_dtype(x)).eps) if eps is None else check_eps(eps)
+    eps = default_rms_eps(x.dtype) if eps is None else check_eps(eps)
     w = check_param(weight, shape, "weight")
     dy64 = _upstream(dy, x)
     axes = scopes.trailing_axes(x.ndim, len(shape))

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import scopes
-from ._checks import (as_input, check_channels, check_eps, check_param, normalized_shape_tuple,
-                      output_dtype)
+from ._checks import (as_input, check_channels, check_eps, check_param, default_rms_eps,
+                      normalized_shape_tuple, output_dtype)
 
 __all__ = ["batch_norm", "layer_norm", "instance_norm", "group_norm", "rms_norm", "normalize"]
 
@@ -268,7 +268,8 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
         y = \frac{x}{\sqrt{\frac{1}{d}\sum_i x_i^2 + \epsilon}} \odot \gamma
 
     No mean is subtracted and there is no bias. As in ``torch.nn.functional.rms_norm``, ``eps`` sits
-    inside the square root and ``eps=None`` means ``np.finfo(input.dtype).eps``.
+    inside the square root and ``eps=None`` means the machine epsilon of the dtype PyTorch computes in
+    (``np.finfo(input.dtype).eps``; float32's for float16 input).
 
     Args:
         input: array of shape ``(*, *normalized_shape)``.
@@ -283,7 +284,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
     """
     x = as_input(input)
     shape = normalized_shape_tuple(normalized_shape, x)
-    eps = float(np.finfo(output_dtype(x)).eps) if eps is None else check_eps(eps)
+    eps = default_rms_eps(x.dtype) if eps is None else check_eps(eps)
     w = check_param(weight, shape, "weight")
     y = normalize(x, scopes.trailing_axes(x.ndim, len(shape)), eps, center=False)
     return _affine(y, w, None, shape).astype(output_dtype(x))

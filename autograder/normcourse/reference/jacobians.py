@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import as_input, check_eps, check_param
+from ._checks import as_input, check_eps, check_param, default_rms_eps
 
 __all__ = ["layer_norm_jacobian", "rms_norm_jacobian", "batch_norm_jacobian", "spectral_norm",
            "layer_norm_jacobian_eigen"]
@@ -121,7 +121,7 @@ def rms_norm_jacobian(x, weight=None, eps=None):
     Args:
         x: one vector of shape ``(d,)``.
         weight: gain of shape ``(d,)`` or None. Default: None.
-        eps: added to the mean square; None means ``np.finfo(x.dtype).eps`` as in the forward.
+        eps: added to the mean square; None means the forward's default (machine epsilon of the compute dtype).
 
     Shape:
         - Input: :math:`(d,)`; output: :math:`(d, d)`, float64.
@@ -136,8 +136,7 @@ def rms_norm_jacobian(x, weight=None, eps=None):
     """
     dtype = np.asarray(x).dtype
     x = _vector(x)
-    eps = float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps) if eps is None \
-        else check_eps(eps)
+    eps = default_rms_eps(dtype) if eps is None else check_eps(eps)
     w = check_param(weight, x.shape, "weight")
     d = x.shape[0]
     r = np.sqrt(np.mean(np.square(x)) + eps)
