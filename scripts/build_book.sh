@@ -21,17 +21,6 @@ if ! flock -n 9; then
   flock 9
 fi
 
-# MathJax 3, served from the site itself (the default would load it from a CDN). Copied fresh from the
-# installed django-static-mathjax package each time so that nothing vendored goes stale; _config.yml
-# points html_static_path at _build/mathjax and mathjax_path at mathjax/tex-chtml.js.
-mathjax_es5=$("$PY" -c 'import mathjax, pathlib; print(pathlib.Path(mathjax.__file__).parent / "static" / "mathjax" / "es5")')
-target=_build/mathjax/mathjax
-rm -rf _build/mathjax
-mkdir -p "$target/output/chtml/fonts" "$target/input/tex"
-cp "$mathjax_es5/tex-chtml.js" "$target/"
-cp -r "$mathjax_es5/output/chtml/fonts/woff-v2" "$target/output/chtml/fonts/"
-cp -r "$mathjax_es5/input/tex/extensions" "$target/input/tex/"
-
 # The execution cache matches a chapter by its code cells only. The chapters also import the course
 # package, so a change there (or in the pinned requirements, or the execution settings) must re-run
 # every chapter: drop the cache when any of those inputs changed since it was filled. The grading
@@ -43,10 +32,11 @@ package_sources() {
     find autograder/normcourse -name '*.py' -not -path '*/__pycache__/*' -not -path 'autograder/normcourse/grading/*'
   fi | LC_ALL=C sort
 }
-inputs=$( { package_sources | xargs cat; cat requirements.txt _config.yml; } | sha256sum | cut -d' ' -f1)
+execute_settings() { sed -n '/^execute:/,/^[A-Za-z]/p' _config.yml; }
+inputs=$( { package_sources | xargs cat; cat requirements.txt; execute_settings; } | sha256sum | cut -d' ' -f1)
 cache=_build/.jupyter_cache
 if [ -d "$cache" ] && [ "$(cat "$cache/.normcourse_inputs" 2>/dev/null)" != "$inputs" ]; then
-  echo "The course package, requirements or _config.yml changed: every chapter will be executed again."
+  echo "The course package, the requirements or the execute settings changed: every chapter runs again."
   rm -rf "$cache"
 fi
 mkdir -p "$cache"
