@@ -117,3 +117,18 @@ def test_glossary_gives_the_chinese_terms_of_the_seeds():
     for term in ["批归一化", "层归一化", "实例归一化", "组归一化", "均方根归一化", "内部协变量偏移", "雅可比矩阵",
                  "谱范数", "平滑性", "利普希茨", "残差", "预归一化", "后归一化"]:
         assert term in glossary, term
+
+
+def test_config_executes_every_chapter_strictly_and_keeps_the_rest_out():
+    import yaml
+
+    config = yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))
+    execute = config["execute"]
+    assert execute["execute_notebooks"] == "cache" and execute["allow_errors"] is False
+    assert 0 < execute["timeout"] <= 600
+    assert config["only_build_toc_files"] is True
+    for folder in ["README.md", "solutions", "exercises", "grading", ".venv", "tests", "scripts", "autograder"]:
+        assert folder in config["exclude_patterns"], folder
+    assert config["launch_buttons"]["thebe"] is False
+    assert "sphinx_thebe" not in config["sphinx"]["config"]["extensions"]
+    assert not config["sphinx"]["config"]["mathjax_path"].startswith(("http:", "https:", "//"))
