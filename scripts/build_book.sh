@@ -32,7 +32,7 @@ package_sources() {
     find autograder/normcourse -name '*.py' -not -path '*/__pycache__/*' -not -path 'autograder/normcourse/grading/*'
   fi | LC_ALL=C sort
 }
-execute_settings() { sed -n '/^execute:/,/^[A-Za-z]/p' _config.yml; }
+execute_settings() { sed -n '/^execute:/,/^[A-Za-z]/p' _config.yml | grep -v '^ *#'; }
 inputs=$( { package_sources | xargs cat; cat requirements.txt; execute_settings; } | sha256sum | cut -d' ' -f1)
 cache=_build/.jupyter_cache
 if [ -d "$cache" ] && [ "$(cat "$cache/.normcourse_inputs" 2>/dev/null)" != "$inputs" ]; then
