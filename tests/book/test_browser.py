@@ -208,3 +208,9 @@ def test_page_renders_offline_and_completely(browser, site_url, link_checker, pa
                 problems.append(f"link {href}: no element with id {anchor!r}")
     problems = list(dict.fromkeys(problems))  # the same failure seen by two listeners counts once
     assert not problems, f"{page_path}:\n  " + "\n  ".join(problems)
+
+
+def test_every_built_page_is_opened_by_the_browser_test(built_site):
+    built = {path.relative_to(built_site).as_posix() for path in built_site.rglob("*.html")
+             if "_static" not in path.relative_to(built_site).parts}
+    assert built <= set(PAGES), f"pages the browser test does not open: {sorted(built - set(PAGES))}"
