@@ -120,6 +120,32 @@ def seed_gradebook(course: Course, problem_set: str, db_url: str) -> None:
                                f"{outcome.get('log', '')[-2000:]}")
 
 
+def _seeded(course: Course, problem_set: str, ledger: Ledger) -> Path:
+    """The template gradebook for the current source of ``problem_set`` (made once per source version),
+    with the course gradebook seeded for the same version."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    version = fingerprint(course.source_dir(problem_set))[:16]
+    template = course.grading_dir / "templates" / f"{problem_set}-{version}.db"
+    if not template.exists():
+        template.parent.mkdir(parents=True, exist_ok=True)
+        partial = template.with_suffix(".partial.db")
+        partial.unlink(missing_ok=True)
+        seed_gradebook(course, problem_set, f"sqlite:///{partial}")
+        os.replace(partial, template)
+    try:
+        with Gradebook(course.db_url) as gb:
+            gb.find_assignment(problem_set)
+        current = ledger.seeded.get(problem_set) == version
+    except MissingEntry:
+        current = False
+    if not current:
+        seed_gradebook(course, problem_set, course.db_url)
+        ledger.seeded[problem_set] = version
+        ledger.save()
+    return template
+
+
 # ------------------------------------------------------------------------------------------------
 # Merging one worker result into the course gradebook.
 
@@ -326,9 +352,7 @@ def autograde(course: Course, problem_set: str, options: AutogradeOptions = Auto
     if todo:
         scratch = Path(tempfile.mkdtemp(prefix=f"normcourse-autograde-{problem_set}-"))
         try:
-            template_db = scratch / "template.db"
-            seed_gradebook(course, problem_set, f"sqlite:///{template_db}")
-            seed_gradebook(course, problem_set, course.db_url)
+            template_db = _seeded(course, problem_set, ledger)
             records = _run_pool(course, problem_set, todo, scratch, template_db, options, cell_timeout, ledger)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

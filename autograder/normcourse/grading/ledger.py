@@ -13,6 +13,7 @@ Record fields: ``status`` (``graded``, ``failed``, ``infrastructure``, ``conflic
 ``fingerprint`` (SHA-256 of the submission's files), ``score``/``max_score`` (autograded cells only),
 ``flags`` (reasons to review), ``parts`` (grade_id -> score, max, re-check verdict, reason),
 ``attempts``, ``updated``. ``events`` is an append-only list of notable actions (overwrites, conflicts).
+``seeded`` maps each problem set to the version (source fingerprint) recorded in the gradebook.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Ledger:
             data = {"version": 1, "records": {}, "events": []}
         self.records: dict = data["records"]
         self.events: list = data["events"]
+        self.seeded: dict = data.get("seeded", {})  # problem set -> source version in the gradebook
 
     @staticmethod
     def key(problem_set: str, student: str) -> str:
@@ -61,6 +63,6 @@ class Ledger:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"version": 1, "records": self.records, "events": self.events},
-                                  indent=1, sort_keys=True))
+        tmp.write_text(json.dumps({"version": 1, "records": self.records, "events": self.events,
+                                   "seeded": self.seeded}, indent=1, sort_keys=True))
         os.replace(tmp, self.path)

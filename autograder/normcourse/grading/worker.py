@@ -130,7 +130,9 @@ def grade_submission(job: dict) -> dict:
     from .course import Course, ensure_tool_path
     from .limits import Limits, write_grading_kernelspec
     from .preprocessors import AUTOGRADE_PREPROCESSORS
-    from .sandbox import learner_program, recheck_notebook
+    from nbgrader import utils
+
+    from .sandbox import recheck_notebook
 
     started = time.monotonic()
     problem_set, student = job["problem_set"], job["student"]
@@ -202,7 +204,8 @@ def grade_submission(job: dict) -> dict:
     for name, entry in result["notebooks"].items():
         nb_path = autograded / f"{name}.ipynb"
         nb = nbformat.read(nb_path, as_version=4)
-        result["flags"] += [f"{name}: {r}" for r in suspicious_code(learner_program(nb))]
+        written = [c.source for c in nb.cells if c.cell_type == "code" and utils.is_solution(c)]
+        result["flags"] += [f"{name}: {r}" for r in suspicious_code(written)]  # the learner's cells only
         ids_here = part_ids & set(entry["grades"])
         if not ids_here:
             continue
