@@ -18,10 +18,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 # The kernel every notebook runs in is the venv's own python.
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
-if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then
+# Chromium for the browser test; a small CJK font so screenshots of the glossary show its Chinese terms.
+if [ "${1:-}" = "--browser" ] && { [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi wqy; }; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null
   else
-    echo "The browser test needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)." >&2
+    echo "The browser test needs Debian's chromium (and fonts-wqy-microhei for readable screenshots): apt-get install chromium fonts-wqy-microhei" >&2
   fi
 fi
