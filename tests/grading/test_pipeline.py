@@ -22,6 +22,16 @@ pytestmark = pytest.mark.slow
 FAST = dict(workers=2, cell_timeout=30, progress=False)
 
 
+def _kernel_cannot_start():
+    """A 60 MiB address-space cap: the kernel dies before replying to kernel_info, which is exactly what
+    nbclient reports for a kernel that fails to start (classed as an infrastructure error)."""
+    from normcourse.grading.limits import Limits
+    return Limits(memory_mb=60)
+
+
+KERNEL_CANNOT_START = _kernel_cannot_start()
+
+
 def options(**kwargs):
     from normcourse.grading.autograde import AutogradeOptions
     return AutogradeOptions(**{**FAST, **kwargs})
@@ -92,7 +102,7 @@ def test_infrastructure_failure_never_touches_grades(course):
 
     before = gradebook_scores(course, "alice")
     summary = autograde(course, PROBLEM_SET, options(students=["alice"], regrade=True, retries=1,
-                                                     startup_timeout=0))
+                                                     limits=KERNEL_CANNOT_START))
     assert "infrastructure" in summary.records["alice"].get("last_attempt", "")
     assert gradebook_scores(course, "alice") == before
     assert (course.autograded_dir(PROBLEM_SET, "alice") / f"{PROBLEM_SET}.ipynb").exists()
@@ -105,7 +115,7 @@ def test_first_grading_that_hits_infrastructure_records_a_reason(course):
     from normcourse.grading.autograde import autograde
 
     submit(course, "dave", solution_nb())
-    summary = autograde(course, PROBLEM_SET, options(students=["dave"], retries=0, startup_timeout=0))
+    summary = autograde(course, PROBLEM_SET, options(students=["dave"], retries=0, limits=KERNEL_CANNOT_START))
     record = summary.records["dave"]
     assert record["status"] == "infrastructure" and record["reason"]
     assert summary.problems == [] and not summary.ok  # recorded, yet reported as not done

@@ -186,7 +186,7 @@ def grade_submission(job: dict) -> dict:
     if not outcome.get("success"):
         kind = classify_failure(log)
         why = _last_error(log)
-        if "DeadKernelError" in log or "Kernel died" in log:
+        if kind == "failed" and ("DeadKernelError" in log or "Kernel died" in log):
             why = "the kernel died while running the notebook (does the code exit the process or exhaust memory?)"
         result.update(status=kind, reason=f"nbgrader autograde failed: {why}")
         return result
