@@ -6,9 +6,10 @@ grading, but never concurrently on a shared gradebook:
 
 1. **seed**: ``generate_assignment`` (nbgrader) runs once on a private copy of the source to make a
    *template* gradebook holding only the assignment, and once for the course gradebook;
-2. **grade**: each submission is graded by a separate process (:mod:`normcourse.grading.worker`) in
-   its own workspace with its own copy of the template gradebook, under a wall-clock limit, at most
-   ``workers`` at a time (``tqdm`` shows progress);
+2. **grade**: ``workers`` long-lived worker processes (:mod:`normcourse.grading.worker`) each grade one
+   submission at a time, each submission in its own workspace with its own copy of the template
+   gradebook, under a wall-clock limit (on expiry the worker and its kernels are killed and
+   replaced); ``tqdm`` shows progress;
 3. **retry**: a result classed as ``infrastructure`` (the kernel did not start, ZMQ errors, a crashed
    worker) is retried with back-off and never written as a grade;
 4. **merge**: only this process writes the course gradebook, through nbgrader's ``Gradebook`` API,
@@ -149,11 +150,6 @@ def _seeded(course: Course, problem_set: str, ledger: Ledger) -> Path:
 # ------------------------------------------------------------------------------------------------
 # Merging one worker result into the course gradebook.
 
-def _autograded_scores(record_notebooks: dict) -> dict[tuple[str, str], float]:
-    return {(nb, gid): g["auto_score"] for nb, entry in record_notebooks.items()
-            for gid, g in entry["grades"].items() if g["auto_score"] is not None}
-
-
 def _write_grades(course: Course, ledger: Ledger, result: dict, *, force: bool) -> tuple[str, str]:
     """Write a worker's grades into the course gradebook; return (status, reason)."""
     from nbgrader.api import Gradebook
@@ -274,20 +270,55 @@ class _Task:
     student: str
     attempts: int = 0
     not_before: float = 0.0
-    process: subprocess.Popen | None = None
     started: float = 0.0
-    job_path: Path | None = None
     result_path: Path | None = None
 
 
-def _start(task: _Task, course: Course, problem_set: str, scratch: Path, template_db: Path,
-           options: AutogradeOptions, cell_timeout: int) -> None:
+class _Worker:
+    """One long-lived ``worker --serve`` process; it grades one submission at a time.
+
+    Learner code never runs in it (only in the kernels and re-check processes it starts), so it can
+    serve many submissions; it is killed with all its descendants (kernels start their own sessions)
+    and replaced when a submission exceeds its time limit or the process dies.
+    """
+
+    def __init__(self, scratch: Path, index: int):
+        self.log_path = scratch / f"worker-{index}.log"
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "normcourse.grading.worker", "--serve"],
+                                            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                                            env=env, start_new_session=True, text=True)
+        self.task: _Task | None = None
+
+    def submit(self, task: _Task, job_path: Path) -> None:
+        self.task = task
+        task.started = time.monotonic()
+        self.process.stdin.write(f"{job_path}\n")
+        self.process.stdin.flush()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        _kill_tree(self.process)
+
+    def close(self) -> None:
+        try:
+            self.process.stdin.close()
+            self.process.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.kill()
+
+
+def _job(task: _Task, course: Course, problem_set: str, scratch: Path, template_db: Path,
+         options: AutogradeOptions, cell_timeout: int) -> Path:
     task.attempts += 1
     base = scratch / f"{task.student}.{task.attempts}"
     base.mkdir(parents=True, exist_ok=True)
     task.result_path = base / "result.json"
-    task.job_path = base / "job.json"
-    task.job_path.write_text(json.dumps({
+    job_path = base / "job.json"
+    job_path.write_text(json.dumps({
         "course_root": str(course.root), "course_work": str(course.work) if course.work else None,
         "problem_set": problem_set, "student": task.student,
         "submission_dir": str(course.submitted_dir(problem_set, task.student)),
@@ -295,42 +326,46 @@ def _start(task: _Task, course: Course, problem_set: str, scratch: Path, templat
         "cell_timeout": cell_timeout, "recheck_timeout": options.recheck_timeout,
         "startup_timeout": options.startup_timeout,
         "limits": asdict(options.limits)}))
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    log = open(base / "worker.log", "wb")
-    task.process = subprocess.Popen([sys.executable, "-m", "normcourse.grading.worker", str(task.job_path)],
-                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True)
-    log.close()
-    task.started = time.monotonic()
+    return job_path
 
 
-def _kill(process: subprocess.Popen) -> None:
+def _kill_tree(process: subprocess.Popen) -> None:
+    """Kill a worker and every process under it (its kernels run in sessions of their own)."""
+    import psutil
     try:
-        os.killpg(process.pid, signal.SIGKILL)  # the worker, its kernel and its re-check child
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     process.wait()
 
 
-def _finished_result(task: _Task, options: AutogradeOptions, problem_set: str) -> dict | None:
-    """The task's result if its process is done (or killed for time), else None."""
-    if task.process.poll() is None:
-        if time.monotonic() - task.started <= options.submission_timeout:
-            return None
-        _kill(task.process)
-        return {"status": "failed", "student": task.student, "problem_set": problem_set,
-                "reason": f"grading exceeded the time limit of {options.submission_timeout:g} s per submission"}
+def _poll(worker: _Worker, options: AutogradeOptions, problem_set: str) -> dict | None:
+    """The worker's current result if done (or failed, or over time), else None."""
+    task = worker.task
     if task.result_path.exists():
         return json.loads(task.result_path.read_text())
-    tail = (task.result_path.parent / "worker.log").read_bytes()[-800:].decode(errors="replace")
-    return {"status": "infrastructure", "student": task.student, "problem_set": problem_set,
-            "reason": f"worker exited with code {task.process.returncode} and no result: {tail}"}
+    if not worker.alive():
+        tail = worker.log_path.read_bytes()[-800:].decode(errors="replace")
+        return {"status": "infrastructure", "student": task.student, "problem_set": problem_set,
+                "reason": f"worker exited with code {worker.process.returncode} and no result: {tail}"}
+    if time.monotonic() - task.started > options.submission_timeout:
+        worker.kill()
+        return {"status": "failed", "student": task.student, "problem_set": problem_set,
+                "reason": f"grading exceeded the time limit of {options.submission_timeout:g} s per submission"}
+    return None
 
 
 def autograde(course: Course, problem_set: str, options: AutogradeOptions = AutogradeOptions()) -> AutogradeSummary:
     """Autograde the submissions of ``problem_set``; see the module docstring."""
-    from tqdm import tqdm
-
     course.grading_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(ledger_path(course))
     students = options.students or course.submitted_students(problem_set)
@@ -366,26 +401,33 @@ def _run_pool(course, problem_set, students, scratch, template_db, options, cell
     from tqdm import tqdm
 
     queue = [_Task(s) for s in students]
-    running: list[_Task] = []
+    workers = [_Worker(scratch, i) for i in range(min(max(1, options.workers), len(queue)))]
+    spawned = len(workers)
     records: dict[str, dict] = {}
     bar = tqdm(total=len(queue), desc=f"autograde {problem_set}", unit="submission",
                disable=not options.progress, file=sys.stderr)
     try:
-        while queue or running:
+        while queue or any(w.task for w in workers):
             now = time.monotonic()
-            while len(running) < max(1, options.workers):
-                ready = [t for t in queue if t.not_before <= now]
-                if not ready:
-                    break
-                task = ready[0]
-                queue.remove(task)
-                _start(task, course, problem_set, scratch, template_db, options, cell_timeout)
-                running.append(task)
-            for task in list(running):
-                result = _finished_result(task, options, problem_set)
+            for i, worker in enumerate(workers):
+                if worker.task is None:
+                    ready = [t for t in queue if t.not_before <= now]
+                    if not ready:
+                        continue
+                    if not worker.alive():
+                        workers[i] = worker = _Worker(scratch, spawned)
+                        spawned += 1
+                    queue.remove(ready[0])
+                    worker.submit(ready[0], _job(ready[0], course, problem_set, scratch, template_db,
+                                                 options, cell_timeout))
+                    continue
+                result = _poll(worker, options, problem_set)
                 if result is None:
                     continue
-                running.remove(task)
+                task, worker.task = worker.task, None
+                if not worker.alive():
+                    workers[i] = _Worker(scratch, spawned)
+                    spawned += 1
                 if result["status"] == "infrastructure" and task.attempts <= options.retries:
                     task.not_before = time.monotonic() + 2.0 * task.attempts  # back off, then retry
                     ledger.log("retry", problem_set=problem_set, student=task.student,
@@ -397,8 +439,11 @@ def _run_pool(course, problem_set, students, scratch, template_db, options, cell
                 bar.set_postfix_str(f"{task.student}: {records[task.student]['status']}")
             time.sleep(0.1)
     finally:
-        for task in running:
-            _kill(task.process)
+        for worker in workers:
+            if worker.task is not None:
+                worker.kill()
+            else:
+                worker.close()
         bar.close()
     return records
 

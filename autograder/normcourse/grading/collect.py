@@ -24,7 +24,6 @@ Each accepted notebook is saved as the problem set's notebook name (``<PS>/<note
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import zipfile

@@ -108,11 +108,11 @@ class Course:
     def api(self, overrides: dict | None = None):
         """An ``NbGraderAPI`` on this course (with the gradebook folder created and tools on PATH)."""
         from nbgrader.apps.api import NbGraderAPI
+        from nbgrader.coursedir import CourseDirectory
 
         ensure_tool_path()
         config = self.config(overrides)
         self.grading_dir.mkdir(parents=True, exist_ok=True)
-        from nbgrader.coursedir import CourseDirectory
         return NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
 
     # -- paths -----------------------------------------------------------------------------------

@@ -327,7 +327,6 @@ class _NoShell:
 def _child(job_path: str, out_dir: str) -> None:
     import copy
     import signal
-    import traceback
 
     with open(job_path, "rb") as f:
         job = pickle.load(f)

@@ -1,4 +1,5 @@
-"""Grade one submission in an isolated copy of the course: ``python -m normcourse.grading.worker JOB.json``.
+"""Grade one submission in an isolated copy of the course: ``python -m normcourse.grading.worker JOB.json``
+(or ``--serve``: job paths on stdin, one per line, for a long-lived worker).
 
 The worker never touches the course's gradebook. It builds a private course in its workspace
 (the problem set's source, the one submission, a copy of a *template* gradebook that holds only the
@@ -29,7 +30,9 @@ import time
 import traceback
 from pathlib import Path
 
-__all__ = ["grade_submission", "classify_failure", "fingerprint", "suspicious_code"]
+__all__ = ["grade_submission", "classify_failure", "fingerprint", "suspicious_code", "run_job"]
+
+_ORIGINAL_JUPYTER_PATH = os.environ.get("JUPYTER_PATH", "")
 
 #: nbgrader/nbclient log text meaning the kernel never became usable: not the learner's fault.
 INFRASTRUCTURE_PATTERNS = [
@@ -168,7 +171,7 @@ def grade_submission(job: dict) -> dict:
     jupyter_dir = workspace / "jupyter"
     kernel = write_grading_kernelspec(jupyter_dir, limits)
     os.environ["JUPYTER_PATH"] = os.pathsep.join([str(jupyter_dir)] + [
-        p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p])
+        p for p in _ORIGINAL_JUPYTER_PATH.split(os.pathsep) if p])
     ensure_tool_path()
     overrides = {
         "CourseDirectory": {"root": str(workspace), "source_directory": "solutions",
@@ -238,9 +241,9 @@ def grade_submission(job: dict) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    job_path = Path((argv or sys.argv[1:])[0])
-    job = json.loads(job_path.read_text())
+def run_job(job_path: Path) -> None:
+    """Grade the job at ``job_path`` and write its result file (atomically)."""
+    job = json.loads(Path(job_path).read_text())
     try:
         result = grade_submission(job)
     except Exception:
@@ -249,6 +252,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(job["result_path"])
     out.with_suffix(".tmp").write_text(json.dumps(result, indent=1, default=str))
     os.replace(out.with_suffix(".tmp"), out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``worker JOB.json`` grades one job; ``worker --serve`` grades the job paths read from stdin, one
+    per line, until stdin closes (a long-lived worker pays for importing nbgrader and the Parts once)."""
+    args = argv if argv is not None else sys.argv[1:]
+    if args and args[0] == "--serve":
+        for line in sys.stdin:
+            if line.strip():
+                run_job(Path(line.strip()))
+        return 0
+    run_job(Path(args[0]))
     return 0
 
 
