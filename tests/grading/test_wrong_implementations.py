@@ -1,0 +1,33 @@
+"""Every autograded part rejects at least one plausible wrong implementation, naming the failing case.
+
+The wrong implementations live beside the other tests of their problem sets (``WRONG`` in
+test_problems_ps01_03.py and test_problems_ps04_06.py); this module runs them all the same way.
+"""
+
+import pytest
+from test_problems_ps01_03 import WRONG as WRONG_PS01_03
+from test_problems_ps04_06 import WRONG as WRONG_PS04_06
+
+from normcourse.grading.compare import GradingError
+from normcourse.grading.parts import get_part, parts_of, problem_sets
+
+WRONG = {**WRONG_PS01_03, **WRONG_PS04_06}
+WRONG_CASES = [(key, fn) for key, fns in WRONG.items() for fn in fns]
+COURSE_SETS = problem_sets()
+
+
+def test_every_part_of_every_set_has_a_wrong_implementation():
+    parts = {(p.problem_set, p.grade_id) for ps in COURSE_SETS for p in parts_of(ps)}
+    assert len(COURSE_SETS) == 6
+    assert parts == set(WRONG)
+
+
+@pytest.mark.parametrize("key, wrong", WRONG_CASES,
+                         ids=[f"{k[1]}:{getattr(f, '__name__', 'fn')}" for k, f in WRONG_CASES])
+def test_wrong_implementation_fails_naming_the_case(key, wrong):
+    part = get_part(*key)
+    with pytest.raises(GradingError) as info:
+        part.check(wrong)
+    message = str(info.value)
+    labels = [case.label for case in part.make_cases()]
+    assert any(repr(label) in message for label in labels), f"message names no case: {message}"
