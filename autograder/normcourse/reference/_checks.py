@@ -59,6 +59,11 @@ def check_param(p, expected_shape: tuple[int, ...], name: str) -> np.ndarray | N
     return arr
 
 
+def check_affine(weight, bias, expected_shape: tuple[int, ...]):
+    """Check the gain and bias of a layer together: ``(weight, bias)`` as float64 arrays or None."""
+    return check_param(weight, expected_shape, "weight"), check_param(bias, expected_shape, "bias")
+
+
 def normalized_shape_tuple(normalized_shape, x: np.ndarray) -> tuple[int, ...]:
     """Check that ``normalized_shape`` matches the trailing dimensions of ``x`` (as PyTorch requires)."""
     if isinstance(normalized_shape, (int, np.integer)):

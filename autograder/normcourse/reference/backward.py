@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import scopes
-from ._checks import (as_input, check_eps, check_param, default_rms_eps, normalized_shape_tuple,
+from ._checks import (as_input, check_affine, check_eps, check_param, default_rms_eps, normalized_shape_tuple,
                       output_dtype)
 
 __all__ = ["layer_norm_backward", "batch_norm_backward", "rms_norm_backward"]
@@ -95,8 +95,7 @@ def layer_norm_backward(dy, x, normalized_shape, weight=None, bias=None, eps=1e-
     x = as_input(x)
     shape = normalized_shape_tuple(normalized_shape, x)
     eps = check_eps(eps)
-    w = check_param(weight, shape, "weight")
-    b = check_param(bias, shape, "bias")
+    w, b = check_affine(weight, bias, shape)
     dy64 = _upstream(dy, x)
     axes = scopes.trailing_axes(x.ndim, len(shape))
     leading = tuple(range(x.ndim - len(shape)))
@@ -154,8 +153,7 @@ def batch_norm_backward(dy, x, weight=None, bias=None, eps=1e-5):
     x = as_input(x, min_ndim=2)
     eps = check_eps(eps)
     c = x.shape[1]
-    w = check_param(weight, (c,), "weight")
-    b = check_param(bias, (c,), "bias")
+    w, b = check_affine(weight, bias, (c,))
     dy64 = _upstream(dy, x)
     if x.size // c <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "

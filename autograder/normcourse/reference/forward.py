@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import scopes
-from ._checks import (as_input, check_channels, check_eps, check_param, default_rms_eps,
+from ._checks import (as_input, check_affine, check_channels, check_eps, check_param, default_rms_eps,
                       normalized_shape_tuple, output_dtype)
 
 __all__ = ["batch_norm", "layer_norm", "instance_norm", "group_norm", "rms_norm", "normalize"]
@@ -99,8 +99,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     c = x.shape[1]
     running_mean = check_channels(x, c, "running_mean", running_mean)
     running_var = check_channels(x, c, "running_var", running_var)
-    w = check_param(weight, (c,), "weight")
-    b = check_param(bias, (c,), "bias")
+    w, b = check_affine(weight, bias, (c,))
     axes = scopes.channel_first_axes("batch_norm", x.ndim)
     x64 = x.astype(np.float64)
     n = x.size // c
@@ -156,8 +155,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     x = as_input(input)
     shape = normalized_shape_tuple(normalized_shape, x)
     eps = check_eps(eps)
-    w = check_param(weight, shape, "weight")
-    b = check_param(bias, shape, "bias")
+    w, b = check_affine(weight, bias, shape)
     x_hat = normalize(x, scopes.trailing_axes(x.ndim, len(shape)), eps)
     return _affine(x_hat, w, b, shape).astype(output_dtype(x))
 
@@ -199,8 +197,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     n, c = x.shape[:2]
     running_mean = check_channels(x, c, "running_mean", running_mean)
     running_var = check_channels(x, c, "running_var", running_var)
-    w = check_param(weight, (c,), "weight")
-    b = check_param(bias, (c,), "bias")
+    w, b = check_affine(weight, bias, (c,))
     axes = scopes.channel_first_axes("instance_norm", x.ndim)
     shape = _channel_param_shape(x.ndim)
     x64 = x.astype(np.float64)
@@ -254,8 +251,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
         raise ValueError(f"num_groups must be a positive integer, got {num_groups!r}")
     if c % num_groups != 0:
         raise ValueError(f"num_channels ({c}) must be divisible by num_groups ({num_groups})")
-    w = check_param(weight, (c,), "weight")
-    b = check_param(bias, (c,), "bias")
+    w, b = check_affine(weight, bias, (c,))
     grouped = scopes.statistics_view(x, int(num_groups))
     x_hat = normalize(grouped, tuple(range(2, grouped.ndim)), eps).reshape(x.shape)
     return _affine(x_hat, w, b, _channel_param_shape(x.ndim)).astype(output_dtype(x))
