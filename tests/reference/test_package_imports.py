@@ -41,3 +41,14 @@ def test_unknown_names_still_raise_attribute_error():
     out = _run("import normcourse.reference as ref\n"
                "try:\n    ref.no_such_name\nexcept AttributeError as e:\n    print(e)")
     assert "no_such_name" in out
+
+
+@pytest.mark.parametrize("problem_set", ["ps01_scopes", "ps02_batchnorm_state", "ps03_backward", "ps04_jacobians"])
+def test_a_numpy_only_sets_hidden_test_does_not_import_torch(problem_set):
+    """A hidden-test cell calls check_part, which imports only that set's module (not ps05/ps06's)."""
+    out = _run("import sys\n"
+               "from normcourse.grading.parts import get_part, parts_of\n"
+               f"parts = parts_of({problem_set!r})\n"
+               f"assert get_part({problem_set!r}, parts[0].grade_id) is parts[0]\n"
+               "print('torch' in sys.modules)")
+    assert out == "False"

@@ -183,6 +183,23 @@ def _load_problem_modules() -> None:
     from . import problems
     for info in pkgutil.iter_modules(problems.__path__):
         importlib.import_module(f"{problems.__name__}.{info.name}")
+    _load_extra_problem_modules()
+
+
+def _load_problem_set(problem_set: str) -> None:
+    """Import only ``problem_set``'s own module (plus the extra modules), so that a hidden-test cell of a
+    numpy-only set does not import torch through the modules of the torch-based sets (about 2 s per
+    graded kernel). A name without a module of its own loads every module."""
+    from . import problems
+    name = f"{problems.__name__}.{problem_set}"
+    if not problem_set.isidentifier() or importlib.util.find_spec(name) is None:
+        _load_problem_modules()
+        return
+    importlib.import_module(name)
+    _load_extra_problem_modules()
+
+
+def _load_extra_problem_modules() -> None:
     for path in filter(None, os.environ.get(EXTRA_PROBLEMS_ENV, "").split(os.pathsep)):
         name = "normcourse_extra_problems_" + os.path.splitext(os.path.basename(path))[0]
         if name not in sys.modules:  # import each file once, so its Parts register once
@@ -198,7 +215,7 @@ def problem_sets() -> list[str]:
 
 
 def parts_of(problem_set: str) -> list[Part]:
-    _load_problem_modules()
+    _load_problem_set(problem_set)
     parts = [p for (ps, _), p in _REGISTRY.items() if ps == problem_set]
     if not parts:
         raise KeyError(f"unknown problem set {problem_set!r}; known: {problem_sets()}")
@@ -206,7 +223,7 @@ def parts_of(problem_set: str) -> list[Part]:
 
 
 def get_part(problem_set: str, grade_id: str) -> Part:
-    _load_problem_modules()
+    _load_problem_set(problem_set)
     try:
         return _REGISTRY[(problem_set, grade_id)]
     except KeyError:
