@@ -387,8 +387,17 @@ def autograde(course: Course, problem_set: str, options: AutogradeOptions = Auto
     if todo:
         scratch = Path(tempfile.mkdtemp(prefix=f"normcourse-autograde-{problem_set}-"))
         try:
-            template_db = _seeded(course, problem_set, ledger)
-            records = _run_pool(course, problem_set, todo, scratch, template_db, options, cell_timeout, ledger)
+            # Workers start (and warm up: imports, re-check fork server) while the gradebooks are seeded;
+            # they wait for job paths on stdin and touch nothing before.
+            workers = [_Worker(scratch, i) for i in range(min(max(1, options.workers), len(todo)))]
+            try:
+                template_db = _seeded(course, problem_set, ledger)
+            except BaseException:
+                for worker in workers:
+                    worker.kill()
+                raise
+            records = _run_pool(course, problem_set, todo, scratch, template_db, options, cell_timeout, ledger,
+                                workers)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     for student in skipped:
@@ -397,11 +406,13 @@ def autograde(course: Course, problem_set: str, options: AutogradeOptions = Auto
     return AutogradeSummary(problem_set, records, skipped, problems)
 
 
-def _run_pool(course, problem_set, students, scratch, template_db, options, cell_timeout, ledger) -> dict:
+def _run_pool(course, problem_set, students, scratch, template_db, options, cell_timeout, ledger,
+              workers: list[_Worker] | None = None) -> dict:
     from tqdm import tqdm
 
     queue = [_Task(s) for s in students]
-    workers = [_Worker(scratch, i) for i in range(min(max(1, options.workers), len(queue)))]
+    if workers is None:
+        workers = [_Worker(scratch, i) for i in range(min(max(1, options.workers), len(queue)))]
     spawned = len(workers)
     records: dict[str, dict] = {}
     bar = tqdm(total=len(queue), desc=f"autograde {problem_set}", unit="submission",
@@ -426,8 +437,13 @@ def _run_pool(course, problem_set, students, scratch, template_db, options, cell
                     continue
                 task, worker.task = worker.task, None
                 if not worker.alive():
-                    workers[i] = _Worker(scratch, spawned)
+                    workers[i] = worker = _Worker(scratch, spawned)
                     spawned += 1
+                ready = [t for t in queue if t.not_before <= time.monotonic()]
+                if ready:  # hand out the next submission first, so the worker grades while this one merges
+                    queue.remove(ready[0])
+                    worker.submit(ready[0], _job(ready[0], course, problem_set, scratch, template_db,
+                                                 options, cell_timeout))
                 if result["status"] == "infrastructure" and task.attempts <= options.retries:
                     task.not_before = time.monotonic() + 2.0 * task.attempts  # back off, then retry
                     ledger.log("retry", problem_set=problem_set, student=task.student,

@@ -254,11 +254,31 @@ def run_job(job_path: Path) -> None:
     os.replace(out.with_suffix(".tmp"), out)
 
 
+def _warm_up() -> None:
+    """Pay once per worker, before the first job arrives (the orchestrator seeds the gradebooks
+    meanwhile): import nbgrader's API and the preprocessors, and start the re-check fork server (its preload of
+    numpy/torch takes about a second). Nothing here touches a course; a failure is left for the first
+    job to meet and report."""
+    try:
+        import multiprocessing.forkserver
+
+        import nbformat  # noqa: F401
+        from nbgrader.api import Gradebook  # noqa: F401
+        from nbgrader.apps import NbGraderAPI  # noqa: F401
+
+        from . import preprocessors, sandbox  # noqa: F401
+        sandbox._forkserver()
+        multiprocessing.forkserver.ensure_running()
+    except Exception:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """``worker JOB.json`` grades one job; ``worker --serve`` grades the job paths read from stdin, one
     per line, until stdin closes (a long-lived worker pays for importing nbgrader and the Parts once)."""
     args = argv if argv is not None else sys.argv[1:]
     if args and args[0] == "--serve":
+        _warm_up()
         for line in sys.stdin:
             if line.strip():
                 run_job(Path(line.strip()))
