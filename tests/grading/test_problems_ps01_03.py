@@ -65,17 +65,6 @@ def test_cases_cover_edge_cases(part):
         assert edge in labels, f"{part.grade_id}: no {edge!r} case among: {labels}"
 
 
-@pytest.mark.parametrize("part", ALL_PARTS, ids=_ids(ALL_PARTS))
-def test_cases_are_reproducible_and_labels_unique(part):
-    first, second = part.make_cases(), part.make_cases()
-    assert [c.label for c in first] == [c.label for c in second]
-    assert len({c.label for c in first}) == len(first), "labels must tell cases apart in messages"
-    for a, b in zip(first, second):
-        for x, y in zip(a.args, b.args):
-            if isinstance(x, np.ndarray):
-                np.testing.assert_array_equal(x, y)
-
-
 def test_edge_cases_really_are_edge_cases():
     """The labels do not lie: float32 is float32, non-contiguous is non-contiguous, and so on."""
     part = get_part("ps01_scopes", "layer_norm_forward_hidden")
@@ -309,7 +298,7 @@ WRONG = {
     ("ps03_backward", "batch_norm_backward_hidden"): [_bn_backward_constant_stats],
     ("ps03_backward", "rms_norm_backward_hidden"): [_rms_backward_as_layer_norm],
 }
-# The wrong implementations are run by test_wrong_implementations.py, for all six sets at once.
+# These wrong implementations (and case reproducibility) are checked in test_all_parts.py, for all six sets at once.
 
 
 def test_not_implemented_is_reported_as_such():

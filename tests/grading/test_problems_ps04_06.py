@@ -101,17 +101,6 @@ def test_cases_cover_edge_cases(part):
         assert edge in labels, f"{part.grade_id}: no {edge!r} case among: {labels}"
 
 
-@pytest.mark.parametrize("part", ALL_PARTS, ids=_ids(ALL_PARTS))
-def test_cases_are_reproducible_and_labels_unique(part):
-    first, second = part.make_cases(), part.make_cases()
-    assert [c.label for c in first] == [c.label for c in second]
-    assert len({c.label for c in first}) == len(first), "labels must tell cases apart in messages"
-    for a, b in zip(first, second):
-        for x, y in zip(a.args, b.args):
-            if isinstance(x, np.ndarray):
-                np.testing.assert_array_equal(x, y)
-
-
 def test_edge_cases_really_are_edge_cases():
     """The labels do not lie (spot checks on the inputs behind them)."""
     cases = {c.label: c for c in get_part("ps04_jacobians", "layer_norm_jacobian_hidden").make_cases()}
@@ -353,7 +342,7 @@ WRONG = {
     ("ps06_transformers", "layer_norm_fixed_hidden"): [_buggy_layer_norm, _layer_norm_with(ddof=1),
                                                        _layer_norm_with(eps_outside=True)],
 }
-# The wrong implementations are run by test_wrong_implementations.py, for all six sets at once.
+# These wrong implementations (and case reproducibility) are checked in test_all_parts.py, for all six sets at once.
 
 
 # ---------------------------------------------------------------------------------------------------

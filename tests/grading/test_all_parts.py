@@ -1,9 +1,11 @@
-"""Every autograded part rejects at least one plausible wrong implementation, naming the failing case.
+"""Checks every autograded part of all six problem sets must pass: reproducible, distinguishable cases,
+and at least one plausible wrong implementation rejected with a message that names the failing case.
 
 The wrong implementations live beside the other tests of their problem sets (``WRONG`` in
 test_problems_ps01_03.py and test_problems_ps04_06.py); this module runs them all the same way.
 """
 
+import numpy as np
 import pytest
 from test_problems_ps01_03 import WRONG as WRONG_PS01_03
 from test_problems_ps04_06 import WRONG as WRONG_PS04_06
@@ -14,12 +16,23 @@ from normcourse.grading.parts import get_part, parts_of, problem_sets
 WRONG = {**WRONG_PS01_03, **WRONG_PS04_06}
 WRONG_CASES = [(key, fn) for key, fns in WRONG.items() for fn in fns]
 COURSE_SETS = [ps for ps in problem_sets() if not ps.startswith("ps00")]  # ps00: the test fixture
+ALL_PARTS = [p for ps in COURSE_SETS for p in parts_of(ps)]
+
+
+@pytest.mark.parametrize("part", ALL_PARTS, ids=[f"{p.problem_set}:{p.grade_id}" for p in ALL_PARTS])
+def test_cases_are_reproducible_and_labels_unique(part):
+    first, second = part.make_cases(), part.make_cases()
+    assert [c.label for c in first] == [c.label for c in second]
+    assert len({c.label for c in first}) == len(first), "labels must tell cases apart in messages"
+    for a, b in zip(first, second):
+        for x, y in zip(a.args, b.args):
+            if isinstance(x, np.ndarray):
+                np.testing.assert_array_equal(x, y)
 
 
 def test_every_part_of_every_set_has_a_wrong_implementation():
-    parts = {(p.problem_set, p.grade_id) for ps in COURSE_SETS for p in parts_of(ps)}
     assert len(COURSE_SETS) == 6
-    assert parts == set(WRONG)
+    assert {(p.problem_set, p.grade_id) for p in ALL_PARTS} == set(WRONG)
 
 
 @pytest.mark.parametrize("key, wrong", WRONG_CASES,
