@@ -19,7 +19,21 @@ COURSE_SETS = [ps for ps in problem_sets() if not ps.startswith("ps00")]  # ps00
 ALL_PARTS = [p for ps in COURSE_SETS for p in parts_of(ps)]
 
 
-@pytest.mark.parametrize("part", ALL_PARTS, ids=[f"{p.problem_set}:{p.grade_id}" for p in ALL_PARTS])
+PART_IDS = [f"{p.problem_set}:{p.grade_id}" for p in ALL_PARTS]
+
+
+def test_enough_autograded_parts():
+    for ps in COURSE_SETS:
+        assert len(parts_of(ps)) >= 5, ps
+
+
+# The reference passes its own parts (and quickly: hidden-test cells share a 60 s cell limit).
+@pytest.mark.parametrize("part", ALL_PARTS, ids=PART_IDS)
+def test_reference_passes(part):
+    assert part.check(part.reference) == len(part.make_cases()) > 0
+
+
+@pytest.mark.parametrize("part", ALL_PARTS, ids=PART_IDS)
 def test_cases_are_reproducible_and_labels_unique(part):
     first, second = part.make_cases(), part.make_cases()
     assert [c.label for c in first] == [c.label for c in second]
