@@ -40,6 +40,14 @@ def close(ours, expected, tol):
     assert err <= tol * scale, f"max abs error {err:.3g} > {tol:g} * {scale:.3g}"
 
 
+def close_param_grads(ours, params, tensors):
+    """Each hand-written parameter gradient is None exactly when its parameter is, else equals autograd's."""
+    for grad, param, leaf in zip(ours, params, tensors, strict=True):
+        assert (grad is None) == (param is None)
+        if param is not None:
+            close(grad, leaf.grad, AUTOGRAD_TOL)
+
+
 def numerical_gradient(loss, arr, h=FD_STEP):
     """Central differences of the scalar ``loss()`` with respect to every element of ``arr`` (in place)."""
     grad = np.zeros_like(arr)
@@ -101,11 +109,7 @@ def test_layer_norm_backward_matches_autograd(seed):
     F.layer_norm(tx, shape, tw, tb, eps).backward(tensor(dy))
     dx, dw, db = ref.layer_norm_backward(dy, x, shape, weight, bias, eps)
     close(dx, tx.grad, AUTOGRAD_TOL)
-    assert (dw is None) == (weight is None) and (db is None) == (bias is None)
-    if weight is not None:
-        close(dw, tw.grad, AUTOGRAD_TOL)
-    if bias is not None:
-        close(db, tb.grad, AUTOGRAD_TOL)
+    close_param_grads((dw, db), (weight, bias), (tw, tb))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -115,11 +119,7 @@ def test_batch_norm_backward_matches_autograd(seed):
     F.batch_norm(tx, None, None, tw, tb, training=True, eps=eps).backward(tensor(dy))
     dx, dw, db = ref.batch_norm_backward(dy, x, weight, bias, eps)
     close(dx, tx.grad, AUTOGRAD_TOL)
-    assert (dw is None) == (weight is None) and (db is None) == (bias is None)
-    if weight is not None:
-        close(dw, tw.grad, AUTOGRAD_TOL)
-    if bias is not None:
-        close(db, tb.grad, AUTOGRAD_TOL)
+    close_param_grads((dw, db), (weight, bias), (tw, tb))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -129,9 +129,7 @@ def test_rms_norm_backward_matches_autograd(seed):
     F.rms_norm(tx, list(shape), tw, eps).backward(tensor(dy))
     dx, dw = ref.rms_norm_backward(dy, x, shape, weight, eps)
     close(dx, tx.grad, AUTOGRAD_TOL)
-    assert (dw is None) == (weight is None)
-    if weight is not None:
-        close(dw, tw.grad, AUTOGRAD_TOL)
+    close_param_grads((dw,), (weight,), (tw,))
 
 
 def test_cases_cover_batch_one_and_affine_on_off():
