@@ -56,15 +56,19 @@ def apply_limits(limits: Limits) -> None:
     cap(resource.RLIMIT_FSIZE, limits.file_mb << 20)
 
 
-def write_grading_kernelspec(jupyter_dir: Path, limits: Limits = Limits()) -> str:
+def write_grading_kernelspec(jupyter_dir: Path, limits: Limits = Limits(), zygote: str | None = None) -> str:
     """Write the resource-limited kernelspec under ``jupyter_dir/kernels``; return its name.
 
     Put ``jupyter_dir`` first on ``JUPYTER_PATH`` and set ``Execute.kernel_name`` to the returned name.
+    With ``zygote`` (the socket of a :mod:`normcourse.grading.kernel_zygote` server), kernels are forked
+    from it, with the same limits; otherwise each kernel is a fresh interpreter.
     """
     folder = Path(jupyter_dir) / "kernels" / GRADING_KERNEL
     folder.mkdir(parents=True, exist_ok=True)
+    launcher = (["normcourse.grading.kernel_zygote", "stub", zygote] if zygote
+                else ["normcourse.grading.kernel_launcher"])
     spec = {
-        "argv": [sys.executable, "-m", "normcourse.grading.kernel_launcher",
+        "argv": [sys.executable, "-m", *launcher,
                  "--memory-mb", str(limits.memory_mb), "--cpu-seconds", str(limits.cpu_seconds),
                  "--file-mb", str(limits.file_mb), "-f", "{connection_file}",
                  "--IPKernelApp.log_level=ERROR"],

@@ -1,0 +1,97 @@
+"""A kernel manager for grading without idle waits: ready when the kernel is, gone when it is killed.
+
+jupyter_client's defaults suit interactive use. Once a kernel answers ``kernel_info``, the client
+waits until IOPub has been quiet for 0.2 s; a killed kernel is polled every 0.1 s until it is gone.
+An autograde worker starts and kills one kernel per submission, so these waits add about 0.3 s per
+submission in which neither the worker nor the kernel uses a CPU. nbgrader's ``Execute`` (nbclient)
+takes its manager class from configuration (``Execute.kernel_manager_class``), and the worker sets
+this one:
+
+- :class:`GradingKernelClient` sends ``kernel_info_request`` until the reply arrives on shell *and* that
+  request's ``status: idle`` arrives on IOPub. The kernel publishes this idle after everything it
+  published before, so when the client sees it IOPub is subscribed (the first cell's output cannot be
+  lost to a late ZMQ subscription) and every start-up message is already in; what is still queued is
+  drained without waiting. nbclient ignores IOPub messages of other requests anyway. The error
+  messages are jupyter_client's, which the worker's infrastructure patterns match.
+- :class:`GradingKernelManager` polls a killed kernel every 10 ms instead of every 100 ms.
+"""
+
+from __future__ import annotations
+
+import time
+from queue import Empty
+
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import DottedObjectName, Type
+
+__all__ = ["GradingKernelClient", "GradingKernelManager"]
+
+#: How long one kernel_info attempt waits for its reply on shell.
+REPLY_SECONDS = 1.0
+#: How long it then waits for an idle status on IOPub before sending another request (a kernel
+#: publishes before the client's subscription has reached it, in which case the status is lost).
+IDLE_SECONDS = 0.1
+#: How often a killed kernel is checked for having exited.
+EXIT_POLL_SECONDS = 0.01
+
+
+async def _next_matching(channel, wanted, until: float):
+    """The next message on ``channel`` that ``wanted(msg)`` accepts, or None once ``until`` passes."""
+    while (left := until - time.monotonic()) > 0:
+        try:
+            msg = await channel.get_msg(timeout=left)
+        except Empty:
+            return None
+        if wanted(msg):
+            return msg
+    return None
+
+
+class GradingKernelClient(AsyncKernelClient):
+    """An async kernel client whose ``wait_for_ready`` returns as soon as the kernel is ready."""
+
+    async def _kernel_info_answered(self, sent: set, deadline: float) -> bool:
+        """Send a kernel_info request; True once a reply to one of the ``sent`` requests has come on
+        shell and an idle status of one of them on IOPub."""
+        sent.add(self.kernel_info())
+
+        def ours(msg) -> bool:
+            return msg.get("parent_header", {}).get("msg_id") in sent
+
+        reply = await _next_matching(self.shell_channel, lambda m: ours(m) and m["msg_type"] == "kernel_info_reply",
+                                     min(time.monotonic() + REPLY_SECONDS, deadline))
+        if reply is None:
+            return False
+        self._handle_kernel_info_reply(reply)
+        idle = await _next_matching(
+            self.iopub_channel,
+            lambda m: ours(m) and m["msg_type"] == "status" and m["content"].get("execution_state") == "idle",
+            min(time.monotonic() + IDLE_SECONDS, deadline))
+        return idle is not None
+
+    async def wait_for_ready(self, timeout: float | None = None) -> None:
+        """Return once the kernel has answered a kernel_info request on shell and IOPub."""
+        deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+        sent: set = set()
+        while not await self._kernel_info_answered(sent, deadline):
+            if not await self._async_is_alive():
+                raise RuntimeError("Kernel died before replying to kernel_info")
+            if time.monotonic() > deadline:
+                raise RuntimeError("Kernel didn't respond in %d seconds" % timeout)
+        while True:  # start-up messages already queued: drop them, without waiting for more
+            try:
+                await self.iopub_channel.get_msg(timeout=0)
+            except Empty:
+                break
+
+
+class GradingKernelManager(AsyncKernelManager):
+    """An async kernel manager that hands out :class:`GradingKernelClient` and notices a kernel's
+    exit within 10 ms."""
+
+    client_class = DottedObjectName("normcourse.grading.kernel_manager.GradingKernelClient")
+    client_factory = Type(klass=GradingKernelClient, default_value=GradingKernelClient)
+
+    async def _async_wait(self, pollinterval: float = EXIT_POLL_SECONDS) -> None:
+        await super()._async_wait(pollinterval=min(pollinterval, EXIT_POLL_SECONDS))
