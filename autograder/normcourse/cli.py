@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import warnings
 
+    from .grading.startup import skip_unused_format_checkers
+    skip_unused_format_checkers()
     args = build_parser().parse_args(argv)
     logging.getLogger("traitlets").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's own SQLAlchemy notice

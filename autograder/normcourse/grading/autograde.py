@@ -5,7 +5,8 @@ were seen to time out, zero grades and delete autograded folders. Here nbgrader 
 grading, but never concurrently on a shared gradebook:
 
 1. **seed**: ``generate_assignment`` (nbgrader) runs once on a private copy of the source to make a
-   *template* gradebook holding only the assignment, and once for the course gradebook;
+   *template* gradebook holding only the assignment (kept per source version), and once for the
+   course gradebook (a course without a gradebook yet gets a copy of the template instead);
 2. **grade**: ``workers`` long-lived worker processes (:mod:`normcourse.grading.worker`) each grade one
    submission at a time, each submission in its own workspace with its own copy of the template
    gradebook, under a wall-clock limit (on expiry the worker and its kernels are killed and
@@ -44,12 +45,14 @@ from pathlib import Path
 from .course import Course
 from .ledger import Ledger
 from .limits import Limits
-from .worker import fingerprint
+from .worker import fingerprint, kernel_preload
 
-__all__ = ["AutogradeOptions", "AutogradeSummary", "autograde", "seed_gradebook", "consistency_problems",
-           "ledger_path"]
+__all__ = ["AutogradeOptions", "AutogradeSummary", "autograde", "seed_gradebook", "stamp_new_gradebook",
+           "consistency_problems", "ledger_path"]
 
 _TOLERANCE = 1e-9
+#: How often the pool looks for finished results (a few stat calls; a worker idles this long at most).
+_POLL_SECONDS = 0.02
 
 
 @dataclass
@@ -108,9 +111,41 @@ def ledger_path(course: Course) -> Path:
     return course.grading_dir / "ledger.json"
 
 
+def _sqlite_path(db_url: str) -> Path | None:
+    return Path(db_url[len("sqlite:///"):]) if db_url.startswith("sqlite:///") else None
+
+
+def stamp_new_gradebook(path: Path) -> bool:
+    """Create an empty SQLite gradebook at ``path`` stamped with nbgrader's schema version; return
+    whether it did.
+
+    nbgrader's ``Gradebook`` stamps a brand-new database with the version it gets by running the
+    ``alembic heads`` command in a subprocess (about 3 s of CPU here, mostly re-importing nbgrader).
+    The same head, read in this process from nbgrader's own migration scripts, makes the file count as
+    existing, and ``Gradebook`` then creates its tables as usual. A test checks that both ways give
+    the same version. Leaves ``path`` alone (and returns False) if it exists or the head is ambiguous.
+    """
+    import sqlite3
+
+    from alembic.script import ScriptDirectory
+    from nbgrader.dbutil import ALEMBIC_DIR
+
+    heads = ScriptDirectory(ALEMBIC_DIR).get_heads()
+    if path.exists() or len(heads) != 1:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        db.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (heads[0],))
+    db.close()
+    return True
+
+
 def seed_gradebook(course: Course, problem_set: str, db_url: str) -> None:
     """Record the assignment (notebooks, grade cells, checksums) in ``db_url`` with nbgrader's
     ``generate_assignment``, run on a private copy of the source so the course's release is untouched."""
+    if _sqlite_path(db_url) is not None:
+        stamp_new_gradebook(_sqlite_path(db_url))
     with tempfile.TemporaryDirectory(prefix="normcourse-seed-") as tmp:
         shutil.copytree(course.source_dir(problem_set), Path(tmp) / "solutions" / problem_set)
         api = course.api({"CourseDirectory": {"root": tmp, "source_directory": "solutions",
@@ -123,7 +158,8 @@ def seed_gradebook(course: Course, problem_set: str, db_url: str) -> None:
 
 def _seeded(course: Course, problem_set: str, ledger: Ledger) -> Path:
     """The template gradebook for the current source of ``problem_set`` (made once per source version),
-    with the course gradebook seeded for the same version."""
+    with the course gradebook seeded for the same version. A course without a gradebook yet gets a
+    copy of the template, which is exactly what ``generate_assignment`` would have written there."""
     from nbgrader.api import Gradebook, MissingEntry
 
     version = fingerprint(course.source_dir(problem_set))[:16]
@@ -134,6 +170,15 @@ def _seeded(course: Course, problem_set: str, ledger: Ledger) -> Path:
         partial.unlink(missing_ok=True)
         seed_gradebook(course, problem_set, f"sqlite:///{partial}")
         os.replace(partial, template)
+    course_db = _sqlite_path(course.db_url)
+    if course_db is not None and not course_db.exists():
+        course_db.parent.mkdir(parents=True, exist_ok=True)
+        partial = course_db.with_name(course_db.name + ".partial")
+        shutil.copy2(template, partial)
+        os.replace(partial, course_db)
+        ledger.seeded[problem_set] = version
+        ledger.save()
+        return template
     try:
         with Gradebook(course.db_url) as gb:
             gb.find_assignment(problem_set)
@@ -282,11 +327,12 @@ class _Worker:
     and replaced when a submission exceeds its time limit or the process dies.
     """
 
-    def __init__(self, scratch: Path, index: int):
+    def __init__(self, scratch: Path, index: int, kernel_preload: list[str]):
         self.log_path = scratch / f"worker-{index}.log"
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "normcourse.grading.worker", "--serve"],
+            self.process = subprocess.Popen([sys.executable, "-m", "normcourse.grading.worker", "--serve",
+                                             *kernel_preload],
                                             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True, text=True)
         self.task: _Task | None = None
@@ -303,11 +349,17 @@ class _Worker:
     def kill(self) -> None:
         _kill_tree(self.process)
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Close its job queue (stdin): it finishes, stops its kernel zygote and exits."""
         try:
             self.process.stdin.close()
-            self.process.wait(timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
+        except OSError:
+            pass
+
+    def wait(self, timeout: float = 30) -> None:
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
             self.kill()
 
 
@@ -389,7 +441,11 @@ def autograde(course: Course, problem_set: str, options: AutogradeOptions = Auto
         try:
             # Workers start (and warm up: imports, re-check fork server) while the gradebooks are seeded;
             # they wait for job paths on stdin and touch nothing before.
-            workers = [_Worker(scratch, i) for i in range(min(max(1, options.workers), len(todo)))]
+            preload = kernel_preload(course.source_dir(problem_set), problem_set)
+
+            def spawn(index: int) -> _Worker:
+                return _Worker(scratch, index, preload)
+            workers = [spawn(i) for i in range(min(max(1, options.workers), len(todo)))]
             try:
                 template_db = _seeded(course, problem_set, ledger)
             except BaseException:
@@ -397,7 +453,7 @@ def autograde(course: Course, problem_set: str, options: AutogradeOptions = Auto
                     worker.kill()
                 raise
             records = _run_pool(course, problem_set, todo, scratch, template_db, options, cell_timeout, ledger,
-                                workers)
+                                workers, spawn)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     for student in skipped:
@@ -407,43 +463,41 @@ def autograde(course: Course, problem_set: str, options: AutogradeOptions = Auto
 
 
 def _run_pool(course, problem_set, students, scratch, template_db, options, cell_timeout, ledger,
-              workers: list[_Worker] | None = None) -> dict:
+              workers: list[_Worker], spawn) -> dict:
+    """Grade ``students`` on ``workers``; ``spawn(index)`` starts a replacement for a worker that died."""
     from tqdm import tqdm
 
     queue = [_Task(s) for s in students]
-    if workers is None:
-        workers = [_Worker(scratch, i) for i in range(min(max(1, options.workers), len(queue)))]
     spawned = len(workers)
     records: dict[str, dict] = {}
     bar = tqdm(total=len(queue), desc=f"autograde {problem_set}", unit="submission",
                disable=not options.progress, file=sys.stderr)
+    def hand_out() -> None:
+        """Give every idle worker the next ready submission (replacing a worker that has died)."""
+        nonlocal spawned
+        for i, worker in enumerate(workers):
+            if worker.task is not None:
+                continue
+            ready = [t for t in queue if t.not_before <= time.monotonic()]
+            if not ready:
+                return
+            if not worker.alive():
+                workers[i] = worker = spawn(spawned)
+                spawned += 1
+            queue.remove(ready[0])
+            worker.submit(ready[0], _job(ready[0], course, problem_set, scratch, template_db, options,
+                                         cell_timeout))
+
     try:
         while queue or any(w.task for w in workers):
-            now = time.monotonic()
-            for i, worker in enumerate(workers):
-                if worker.task is None:
-                    ready = [t for t in queue if t.not_before <= now]
-                    if not ready:
-                        continue
-                    if not worker.alive():
-                        workers[i] = worker = _Worker(scratch, spawned)
-                        spawned += 1
-                    queue.remove(ready[0])
-                    worker.submit(ready[0], _job(ready[0], course, problem_set, scratch, template_db,
-                                                 options, cell_timeout))
-                    continue
-                result = _poll(worker, options, problem_set)
-                if result is None:
-                    continue
-                task, worker.task = worker.task, None
-                if not worker.alive():
-                    workers[i] = worker = _Worker(scratch, spawned)
-                    spawned += 1
-                ready = [t for t in queue if t.not_before <= time.monotonic()]
-                if ready:  # hand out the next submission first, so the worker grades while this one merges
-                    queue.remove(ready[0])
-                    worker.submit(ready[0], _job(ready[0], course, problem_set, scratch, template_db,
-                                                 options, cell_timeout))
+            finished = []
+            for worker in workers:
+                result = _poll(worker, options, problem_set) if worker.task is not None else None
+                if result is not None:
+                    finished.append((worker.task, result))
+                    worker.task = None
+            hand_out()  # before merging, so the workers grade while the results are written
+            for task, result in finished:
                 if result["status"] == "infrastructure" and task.attempts <= options.retries:
                     task.not_before = time.monotonic() + 2.0 * task.attempts  # back off, then retry
                     ledger.log("retry", problem_set=problem_set, student=task.student,
@@ -453,13 +507,16 @@ def _run_pool(course, problem_set, students, scratch, template_db, options, cell
                 records[task.student] = _merge(course, ledger, result, task.attempts, options.force)
                 bar.update(1)
                 bar.set_postfix_str(f"{task.student}: {records[task.student]['status']}")
-            time.sleep(0.1)
+            if not finished:
+                time.sleep(_POLL_SECONDS)
     finally:
-        for worker in workers:
+        for worker in workers:  # stop them all first, then wait: they wind down in parallel
             if worker.task is not None:
                 worker.kill()
             else:
-                worker.close()
+                worker.stop()
+        for worker in workers:
+            worker.wait()
         bar.close()
     return records
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import sys
 import tempfile
@@ -65,6 +66,9 @@ WATCHED = {
 }
 
 _RESULT_LIMIT_BYTES = 256 << 20
+
+#: An import of torch in a cell (a mere mention, as in "do not use torch", does not count).
+IMPORTS_TORCH = re.compile(r"^[ \t]*(import[ \t]+torch|from[ \t]+torch[ \t.])", re.MULTILINE)
 
 
 @dataclass
@@ -214,7 +218,7 @@ def recheck_notebook(nb, problem_set: str, *, workdir: str | os.PathLike | None 
         out_dir = tmp / "out"
         out_dir.mkdir()
         job = tmp / "job.pickle"
-        uses_torch = any("torch" in src for src in program)
+        uses_torch = any(IMPORTS_TORCH.search(src) for src in program)
         with open(job, "wb") as f:  # grader -> child only: the child trusts the grader, never the reverse
             pickle.dump({"program": program, "calls": calls, "call_timeout": call_timeout, "limits": limits,
                          "watched": WATCHED, "preimport_torch": uses_torch}, f)
@@ -262,22 +266,25 @@ def recheck_notebook(nb, problem_set: str, *, workdir: str | os.PathLike | None 
 # ------------------------------------------------------------------------------------------------
 # Child side (runs learner code; imports kept minimal and bound before learner code runs).
 
-#: Imported once by the fork server, so that each re-check child starts warm (about 1.7 s saved per
-#: notebook here) without inheriting anything from the grader's own process. torch is named itself
-#: because normcourse.reference imports its torch modules lazily now: children would otherwise import it
-#: again (about 1.7 s) whenever the program mentions torch.
-_PRELOAD = ["numpy", "numpy.testing", "torch", "normcourse.reference", "normcourse.grading.compare",
+#: Imported once by the fork server, so that each re-check child starts warm without inheriting
+#: anything from the grader's own process.
+_PRELOAD = ["numpy", "numpy.testing", "normcourse.reference", "normcourse.grading.compare",
             "normcourse.grading.parts", "normcourse.grading.sandbox"]
+#: Added for problem sets whose notebooks use torch (about 1.5 s once, instead of in every child whose
+#: program mentions torch); normcourse.reference's torch modules are lazy, so they are named too.
+_TORCH_PRELOAD = ["torch", "normcourse.reference.measurements", "normcourse.reference.attention"]
 _CONTEXT = None
 
 
-def _forkserver():
-    """multiprocessing's fork server: a clean single-threaded process that forks the re-check children."""
+def _forkserver(torch: bool = True):
+    """multiprocessing's fork server: a clean single-threaded process that forks the re-check children.
+    The first call decides whether it preloads torch (a grading worker knows its problem set; a
+    self-check does not, and keeps torch)."""
     global _CONTEXT
     if _CONTEXT is None:
         import multiprocessing
         _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(_PRELOAD)
+        _CONTEXT.set_forkserver_preload(_PRELOAD + (_TORCH_PRELOAD if torch else []))
     return _CONTEXT
 
 
@@ -334,6 +341,17 @@ def _encode(value, arrays, depth=0):
     return {"t": "foreign", "type": f"{kind.__module__}.{kind.__qualname__}"}
 
 
+_UNBOUND = object()
+
+
+def _bound(owner, name):
+    """``owner.name`` without running a module's lazy ``__getattr__`` (PEP 562): watching a name must
+    not import what it would load (normcourse.reference's torch functions: about 1.5 s per child)."""
+    if isinstance(owner, type(sys)):
+        return vars(owner).get(name, _UNBOUND)
+    return getattr(owner, name, None)
+
+
 def _snapshot(watched: dict) -> dict:
     snap = {}
     for module_name, names in watched.items():
@@ -346,7 +364,7 @@ def _snapshot(watched: dict) -> dict:
             continue
         if names == ["*"]:
             names = [n for n in getattr(owner, "__all__", dir(owner)) if not n.startswith("_")]
-        snap[module_name] = (owner, sys.modules.get(module_name), {n: getattr(owner, n, None) for n in names})
+        snap[module_name] = (owner, sys.modules.get(module_name), {n: _bound(owner, n) for n in names})
     return snap
 
 
@@ -356,8 +374,12 @@ def _changed(snap: dict) -> list[str]:
         if module is not None and sys.modules.get(module_name) is not module:
             changed.append(f"sys.modules[{module_name!r}]")
         for name, value in values.items():
-            if getattr(owner, name, None) is not value:
-                changed.append(f"{module_name}.{name}")
+            current = _bound(owner, name)
+            if current is value:
+                continue
+            if value is _UNBOUND and getattr(current, "__module__", "").startswith(module_name + "."):
+                continue  # bound since by the module's own lazy loader, to one of its own functions
+            changed.append(f"{module_name}.{name}")
     return changed
 
 

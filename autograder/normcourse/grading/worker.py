@@ -25,14 +25,74 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
-__all__ = ["grade_submission", "classify_failure", "fingerprint", "suspicious_code", "run_job"]
+__all__ = ["grade_submission", "classify_failure", "fingerprint", "suspicious_code", "run_job",
+           "kernel_preload", "BASE_KERNEL_PRELOAD"]
 
 _ORIGINAL_JUPYTER_PATH = os.environ.get("JUPYTER_PATH", "")
+
+#: What every grading kernel imports (ipykernel itself, numpy, the modules the test cells use); a
+#: serving worker's kernel zygote imports them once (see :mod:`normcourse.grading.kernel_zygote`).
+BASE_KERNEL_PRELOAD = ["numpy", "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell",
+                       "ipykernel.debugger", "IPython.core.interactiveshell", "normcourse.reference",
+                       "normcourse.grading.compare", "normcourse.grading.parts"]
+
+
+class _Zygote:
+    """This worker's kernel zygote (a ``kernel_zygote serve`` child), restarted if it has died."""
+
+    def __init__(self, modules: list[str]):
+        self.modules = modules
+        self.folder = tempfile.mkdtemp(prefix="nczyg-")  # short: Unix socket paths are limited to ~100 bytes
+        self.socket = os.path.join(self.folder, "kernels.sock")
+        self.process: subprocess.Popen | None = None
+
+    def ensure_running(self) -> str:
+        if self.process is None or self.process.poll() is not None:
+            env = dict(os.environ, MALLOC_ARENA_MAX="2")  # as the kernelspec sets it for fresh kernels
+            self.process = subprocess.Popen([sys.executable, "-m", "normcourse.grading.kernel_zygote", "serve",
+                                             self.socket, *self.modules], stdin=subprocess.PIPE, env=env)
+        return self.socket
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.stdin.close()  # EOF: it kills any kernel left and exits
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_ZYGOTE: _Zygote | None = None
+
+
+def uses_torch(problem_set_source: Path) -> bool:
+    """Whether a code cell of the problem set's source notebooks imports torch."""
+    import nbformat
+
+    from .sandbox import IMPORTS_TORCH
+
+    for path in Path(problem_set_source).glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        if any(c.cell_type == "code" and IMPORTS_TORCH.search(c.source) for c in nb.cells):
+            return True
+    return False
+
+
+def kernel_preload(problem_set_source: Path, problem_set: str) -> list[str]:
+    """Modules worth importing once per worker for this problem set's kernels: the base set, the
+    problem set's hidden-test module, and torch (about 1.5 s) only if its notebooks import torch."""
+    modules = list(BASE_KERNEL_PRELOAD) + [f"normcourse.grading.problems.{problem_set}"]
+    if uses_torch(problem_set_source):
+        modules.append("torch")
+    return modules
 
 #: nbgrader/nbclient log text meaning the kernel never became usable: not the learner's fault.
 INFRASTRUCTURE_PATTERNS = [
@@ -169,7 +229,7 @@ def grade_submission(job: dict) -> dict:
 
     limits = Limits(**job.get("limits", {}))
     jupyter_dir = workspace / "jupyter"
-    kernel = write_grading_kernelspec(jupyter_dir, limits)
+    kernel = write_grading_kernelspec(jupyter_dir, limits, zygote=_ZYGOTE.ensure_running() if _ZYGOTE else None)
     os.environ["JUPYTER_PATH"] = os.pathsep.join([str(jupyter_dir)] + [
         p for p in _ORIGINAL_JUPYTER_PATH.split(os.pathsep) if p])
     ensure_tool_path()
@@ -178,8 +238,12 @@ def grade_submission(job: dict) -> dict:
                             "submitted_directory": "submitted", "autograded_directory": "autograded",
                             "feedback_directory": "feedback",
                             "db_url": f"sqlite:///{workspace / 'gradebook.db'}"},
+        # "immediate": the kernel is killed once its notebook has run (every output is in by then) instead
+        # of being asked to shut down and waited for; the manager skips jupyter_client's idle waits.
         "Execute": {"timeout": int(job["cell_timeout"]), "kernel_name": kernel,
-                    "interrupt_on_timeout": True, "startup_timeout": int(job.get("startup_timeout", 60))},
+                    "interrupt_on_timeout": True, "startup_timeout": int(job.get("startup_timeout", 60)),
+                    "shutdown_kernel": "immediate",
+                    "kernel_manager_class": "normcourse.grading.kernel_manager.GradingKernelManager"},
         "Autograde": {"autograde_preprocessors": AUTOGRADE_PREPROCESSORS},
     }
     api = course.api(overrides)
@@ -254,11 +318,11 @@ def run_job(job_path: Path) -> None:
     os.replace(out.with_suffix(".tmp"), out)
 
 
-def _warm_up() -> None:
+def _warm_up(torch: bool) -> None:
     """Pay once per worker, before the first job arrives (the orchestrator seeds the gradebooks
-    meanwhile): import nbgrader's API and the preprocessors, and start the re-check fork server (its preload of
-    numpy/torch takes about a second). Nothing here touches a course; a failure is left for the first
-    job to meet and report."""
+    meanwhile): import nbgrader's API and the preprocessors, and start the re-check fork server (its
+    preload of numpy and the course package, plus torch if the problem set uses it). Nothing here
+    touches a course; a failure is left for the first job to meet and report."""
     try:
         import multiprocessing.forkserver
 
@@ -267,21 +331,30 @@ def _warm_up() -> None:
         from nbgrader.apps import NbGraderAPI  # noqa: F401
 
         from . import preprocessors, sandbox  # noqa: F401
-        sandbox._forkserver()
+        sandbox._forkserver(torch=torch)
         multiprocessing.forkserver.ensure_running()
     except Exception:
         pass
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``worker JOB.json`` grades one job; ``worker --serve`` grades the job paths read from stdin, one
-    per line, until stdin closes (a long-lived worker pays for importing nbgrader and the Parts once)."""
+    """``worker JOB.json`` grades one job; ``worker --serve [MODULE ...]`` grades the job paths read from
+    stdin, one per line, until stdin closes: a long-lived worker pays for importing nbgrader and the
+    Parts once, and forks its kernels from a zygote that has imported ``MODULE ...``."""
+    global _ZYGOTE
+    from .startup import skip_unused_format_checkers
+    skip_unused_format_checkers()
     args = argv if argv is not None else sys.argv[1:]
     if args and args[0] == "--serve":
-        _warm_up()
-        for line in sys.stdin:
-            if line.strip():
-                run_job(Path(line.strip()))
+        _ZYGOTE = _Zygote(args[1:])
+        _ZYGOTE.ensure_running()  # imports its modules while this worker warms up
+        try:
+            _warm_up(torch="torch" in args[1:])
+            for line in sys.stdin:
+                if line.strip():
+                    run_job(Path(line.strip()))
+        finally:
+            _ZYGOTE.close()
         return 0
     run_job(Path(args[0]))
     return 0
