@@ -9,7 +9,8 @@ temp copies of the course, and times, on the same machine in the same run:
 - ``nbgrader autograde PS`` (one process, submissions one after another; the assignment is put in its
   gradebook beforehand with ``nbgrader generate_assignment``, not timed).
 
-Prints seconds per submission for both and their ratio. Not a test; the machine's load shows in the
+Prints seconds per submission for both and their ratio, and checks that both gave every submission
+the same autograded total (exit status 1 if not). Not a test; the machine's load shows in the
 numbers, so report ``uptime`` alongside.
 
 Usage: ``.venv/bin/python scripts/benchmark_autograde.py [--problem-set ps01_scopes] [--count 40] [--workers 2]``
@@ -82,6 +83,23 @@ def run(cmd, cwd) -> float:
     return seconds
 
 
+def auto_scores(course: Path, problem_set: str, students) -> dict[str, float | None]:
+    """Each student's total autograded score in the course's gradebook (None: no grades)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    scores = {}
+    with Gradebook(f"sqlite:///{course / 'grading' / 'gradebook.db'}") as gb:
+        for student in students:
+            try:
+                submission = gb.find_submission(problem_set, student)
+            except MissingEntry:
+                scores[student] = None
+                continue
+            grades = [g.auto_score for nb in submission.notebooks for g in nb.grades if g.auto_score is not None]
+            scores[student] = sum(grades) if grades else None
+    return scores
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problem-set", default="ps01_scopes")
@@ -101,6 +119,7 @@ def main() -> int:
         t_ours = run([BIN / "normcourse", "autograde", args.problem_set, "--workers", str(args.workers),
                       "--no-progress", "--course", str(ours)], ours)
         load_after = os.getloadavg()
+        plain_scores, our_scores = (auto_scores(c, args.problem_set, subs) for c in (plain, ours))
 
     n = len(subs)
     print(f"{n} submissions of {args.problem_set} on {os.cpu_count()} CPUs "
@@ -108,6 +127,12 @@ def main() -> int:
     print(f"plain serial nbgrader autograde:            {t_plain:7.1f} s  = {t_plain / n:5.2f} s/submission")
     print(f"normcourse autograde --workers {args.workers} (+re-check): {t_ours:7.1f} s  = {t_ours / n:5.2f} s/submission")
     print(f"ratio (plain / normcourse): {t_plain / t_ours:.2f}x")
+    differ = {s: (plain_scores[s], our_scores[s]) for s in subs if plain_scores[s] != our_scores[s]}
+    if differ:
+        print(f"GRADES DIFFER (plain, normcourse): {differ}")
+        return 1
+    print(f"grades agree for all {n} submissions (total autograded points "
+          f"{sum(v or 0 for v in our_scores.values()):g})")
     return 0
 
 

@@ -223,3 +223,26 @@ def test_grading_manager_reports_a_kernel_that_dies_at_start(tmp_path, monkeypat
     with pytest.raises(RuntimeError, match="Kernel died before replying to kernel_info"):
         asyncio.run(start())
     assert time.monotonic() - started < 10
+
+
+def test_a_request_cannot_raise_the_zygotes_own_caps(tmp_path, kernelspec_dir):
+    """Learner code can reach the zygote's socket; a kernel it asks for must still be capped."""
+    sock = str(tmp_path / "capped.sock")
+    process = subprocess.Popen([sys.executable, "-m", "normcourse.grading.kernel_zygote", "serve", sock,
+                                "--memory-mb", "1536", "--cpu-seconds", "300", "--file-mb", "32", "numpy"],
+                               stdin=subprocess.PIPE)
+    try:
+        assert _wait_until(lambda: os.path.exists(sock))
+        write_grading_kernelspec(kernelspec_dir, Limits(memory_mb=8192, cpu_seconds=3600, file_mb=1024), zygote=sock)
+        km, kc = _start(tmp_path)
+        try:
+            out, error = _run(kc, "import resource\nprint(*(v for r in (resource.RLIMIT_AS, resource.RLIMIT_CPU,"
+                                  " resource.RLIMIT_FSIZE) for v in resource.getrlimit(r)))")
+        finally:
+            _stop(km, kc)
+        assert error is None, out
+        # soft and hard: the request's larger caps were clamped to the zygote's (even for root)
+        assert [int(v) for v in out.split()] == [1536 << 20, 1536 << 20, 300, 300, 32 << 20, 32 << 20]
+    finally:
+        process.stdin.close()
+        process.wait(timeout=10)

@@ -327,11 +327,13 @@ class _Worker:
     and replaced when a submission exceeds its time limit or the process dies.
     """
 
-    def __init__(self, scratch: Path, index: int, kernel_preload: list[str]):
+    def __init__(self, scratch: Path, index: int, kernel_preload: list[str], limits: Limits):
         self.log_path = scratch / f"worker-{index}.log"
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "normcourse.grading.worker", "--serve",
+                                             "--memory-mb", str(limits.memory_mb), "--cpu-seconds",
+                                             str(limits.cpu_seconds), "--file-mb", str(limits.file_mb),
                                              *kernel_preload],
                                             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True, text=True)
@@ -444,7 +446,7 @@ def autograde(course: Course, problem_set: str, options: AutogradeOptions = Auto
             preload = kernel_preload(course.source_dir(problem_set), problem_set)
 
             def spawn(index: int) -> _Worker:
-                return _Worker(scratch, index, preload)
+                return _Worker(scratch, index, preload, options.limits)
             workers = [spawn(i) for i in range(min(max(1, options.workers), len(todo)))]
             try:
                 template_db = _seeded(course, problem_set, ledger)

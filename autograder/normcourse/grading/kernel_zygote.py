@@ -23,7 +23,8 @@ kills every kernel it forked. If the stub cannot reach the zygote before a kerne
 back to :mod:`normcourse.grading.kernel_launcher` (a fresh interpreter, as before), so a missing or
 broken zygote costs time, never a grade.
 
-Usage: ``python -m normcourse.grading.kernel_zygote serve SOCKET [MODULE ...]`` (the zygote), and
+Usage: ``python -m normcourse.grading.kernel_zygote serve SOCKET [--memory-mb N --cpu-seconds N
+--file-mb N] [MODULE ...]`` (the zygote, capped itself), and
 ``python -m normcourse.grading.kernel_zygote stub SOCKET --memory-mb N --cpu-seconds N --file-mb N
 -f CONNECTION_FILE [kernel args]`` (the kernelspec argv; see
 :func:`normcourse.grading.limits.write_grading_kernelspec`).
@@ -93,19 +94,19 @@ def _limit_args(limits: dict) -> list[str]:
             "--file-mb", str(limits["file_mb"])]
 
 
-def _parse_stub_args(argv: list[str]) -> tuple[str, dict, list[str]]:
-    socket_path, rest = argv[0], argv[1:]
+def _split_limits(args: list[str]) -> tuple[dict, list[str]]:
+    """``--memory-mb N --cpu-seconds N --file-mb N`` (defaults: :class:`Limits`'s) and the other args."""
     limits = {"memory_mb": 2048, "cpu_seconds": 600, "file_mb": 64}
-    kernel_args, i = [], 0
-    while i < len(rest):
-        key = rest[i].lstrip("-").replace("-", "_")
-        if key in limits and i + 1 < len(rest):
-            limits[key] = int(rest[i + 1])
+    rest, i = [], 0
+    while i < len(args):
+        key = args[i].lstrip("-").replace("-", "_")
+        if args[i].startswith("--") and key in limits and i + 1 < len(args):
+            limits[key] = int(args[i + 1])
             i += 2
         else:
-            kernel_args.append(rest[i])
+            rest.append(args[i])
             i += 1
-    return socket_path, limits, kernel_args
+    return limits, rest
 
 
 def _fresh_kernel(limits: dict, kernel_args: list[str]) -> None:
@@ -116,7 +117,8 @@ def _fresh_kernel(limits: dict, kernel_args: list[str]) -> None:
 
 def stub(argv: list[str]) -> int:
     """Ask the zygote for a kernel, then stand in for it until it exits; see the module docstring."""
-    socket_path, limits, kernel_args = _parse_stub_args(argv)
+    socket_path = argv[0]
+    limits, kernel_args = _split_limits(argv[1:])
     try:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.settimeout(CONNECT_TIMEOUT)
@@ -168,7 +170,7 @@ def _preload(modules: list[str]) -> None:
             print(f"kernel zygote: could not preload {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
-def _become_kernel(request: dict, fds: list[int], inherited: list) -> None:
+def _become_kernel(request: dict, fds: list[int], inherited: list, inherited_fds: list[int]) -> None:
     """In the forked child: detach from the zygote, take the stub's streams and settings, run ipykernel."""
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
@@ -178,6 +180,11 @@ def _become_kernel(request: dict, fds: list[int], inherited: list) -> None:
         try:
             thing.close()
         except Exception:
+            pass
+    for fd in inherited_fds:
+        try:
+            os.close(fd)
+        except OSError:
             pass
     os.setsid()
     for target, fd in enumerate(fds[:3]):
@@ -200,7 +207,7 @@ def _become_kernel(request: dict, fds: list[int], inherited: list) -> None:
     kernelapp.launch_new_instance()
 
 
-def _fork_kernel(request: dict, fds: list[int], inherited: list) -> int:
+def _fork_kernel(request: dict, fds: list[int], inherited: list, inherited_fds: list[int]) -> int:
     pid = os.fork()
     if pid:
         for fd in fds:
@@ -208,7 +215,7 @@ def _fork_kernel(request: dict, fds: list[int], inherited: list) -> int:
         return pid
     code = 1
     try:
-        _become_kernel(request, fds, inherited)
+        _become_kernel(request, fds, inherited, inherited_fds)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -235,9 +242,17 @@ def _kill_group(pid: int) -> None:
             pass
 
 
-def serve(socket_path: str, modules: list[str]) -> int:
+def serve(socket_path: str, modules: list[str], limits: dict | None = None) -> int:
     """Listen on ``socket_path`` (listening before the imports, so early stubs wait instead of falling
-    back), import ``modules``, then fork a kernel per request until stdin reaches EOF."""
+    back), import ``modules``, then fork a kernel per request until stdin reaches EOF.
+
+    With ``limits``, the zygote caps itself first, so no kernel it forks can get more, whatever a
+    request asks for: learner code could otherwise connect to the socket and ask for an uncapped
+    kernel. (A kernel's own caps come from its request and can only be lower.)
+    """
+    if limits is not None:
+        from normcourse.grading.limits import Limits, apply_limits
+        apply_limits(Limits(**limits))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if os.path.exists(socket_path):
         os.unlink(socket_path)
@@ -299,8 +314,8 @@ def serve(socket_path: str, modules: list[str]) -> int:
                     print(f"kernel zygote: bad request: {exc}", file=sys.stderr)
                     conn.close()
                     continue
-                inherited = [listener, wake, stdin, conn, *owners]
-                pid = _fork_kernel(request, fds, inherited)
+                inherited = [listener, wake, stdin, selector, conn, *owners]
+                pid = _fork_kernel(request, fds, inherited, [wake_w])
                 conn.settimeout(None)
                 kernels[pid], owners[conn] = conn, pid
                 selector.register(conn, selectors.EVENT_READ, "stub")
@@ -340,7 +355,9 @@ def serve(socket_path: str, modules: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) >= 2 and args[0] == "serve":
-        return serve(args[1], args[2:])
+        has_limits = any(a in ("--memory-mb", "--cpu-seconds", "--file-mb") for a in args[2:])
+        limits, modules = _split_limits(args[2:])
+        return serve(args[1], modules, limits if has_limits else None)
     if len(args) >= 2 and args[0] == "stub":
         return stub(args[1:])
     print(__doc__.split("Usage:")[1].strip(), file=sys.stderr)

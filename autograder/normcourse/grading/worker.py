@@ -47,8 +47,8 @@ BASE_KERNEL_PRELOAD = ["numpy", "ipykernel.kernelapp", "ipykernel.ipkernel", "ip
 class _Zygote:
     """This worker's kernel zygote (a ``kernel_zygote serve`` child), restarted if it has died."""
 
-    def __init__(self, modules: list[str]):
-        self.modules = modules
+    def __init__(self, modules: list[str], limit_args: list[str]):
+        self.modules, self.limit_args = modules, limit_args
         self.folder = tempfile.mkdtemp(prefix="nczyg-")  # short: Unix socket paths are limited to ~100 bytes
         self.socket = os.path.join(self.folder, "kernels.sock")
         self.process: subprocess.Popen | None = None
@@ -57,7 +57,8 @@ class _Zygote:
         if self.process is None or self.process.poll() is not None:
             env = dict(os.environ, MALLOC_ARENA_MAX="2")  # as the kernelspec sets it for fresh kernels
             self.process = subprocess.Popen([sys.executable, "-m", "normcourse.grading.kernel_zygote", "serve",
-                                             self.socket, *self.modules], stdin=subprocess.PIPE, env=env)
+                                             self.socket, *self.limit_args, *self.modules],
+                                            stdin=subprocess.PIPE, env=env)
         return self.socket
 
     def close(self) -> None:
@@ -338,18 +339,24 @@ def _warm_up(torch: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``worker JOB.json`` grades one job; ``worker --serve [MODULE ...]`` grades the job paths read from
-    stdin, one per line, until stdin closes: a long-lived worker pays for importing nbgrader and the
-    Parts once, and forks its kernels from a zygote that has imported ``MODULE ...``."""
+    """``worker JOB.json`` grades one job; ``worker --serve [--memory-mb N --cpu-seconds N --file-mb N]
+    [MODULE ...]`` grades the job paths read from stdin, one per line, until stdin closes: a long-lived
+    worker pays for importing nbgrader and the Parts once, and forks its kernels from a zygote that has
+    imported ``MODULE ...`` and is capped by those limits (so no kernel can exceed them)."""
     global _ZYGOTE
     from .startup import skip_unused_format_checkers
     skip_unused_format_checkers()
     args = argv if argv is not None else sys.argv[1:]
     if args and args[0] == "--serve":
-        _ZYGOTE = _Zygote(args[1:])
+        from .kernel_zygote import _split_limits
+        limits, modules = _split_limits(args[1:])
+        limit_args = []
+        for name, value in limits.items():  # memory_mb=2048 -> --memory-mb 2048
+            limit_args += [f"--{name.replace('_', '-')}", str(value)]
+        _ZYGOTE = _Zygote(modules, limit_args)
         _ZYGOTE.ensure_running()  # imports its modules while this worker warms up
         try:
-            _warm_up(torch="torch" in args[1:])
+            _warm_up(torch="torch" in modules)
             for line in sys.stdin:
                 if line.strip():
                     run_job(Path(line.strip()))
