@@ -10,7 +10,9 @@ grading, but never concurrently on a shared gradebook:
 2. **grade**: ``workers`` long-lived worker processes (:mod:`normcourse.grading.worker`) each grade one
    submission at a time, each submission in its own workspace with its own copy of the template
    gradebook, under a wall-clock limit (on expiry the worker and its kernels are killed and
-   replaced); ``tqdm`` shows progress;
+   replaced); ``tqdm`` shows progress. Each worker forks its kernels from a warm zygote
+   (:mod:`normcourse.grading.kernel_zygote`) capped by ``options.limits``, and nbgrader drives them
+   through :mod:`normcourse.grading.kernel_manager`, which skips jupyter_client's idle waits;
 3. **retry**: a result classed as ``infrastructure`` (the kernel did not start, ZMQ errors, a crashed
    worker) is retried with back-off and never written as a grade;
 4. **merge**: only this process writes the course gradebook, through nbgrader's ``Gradebook`` API,
