@@ -86,6 +86,15 @@ def _stop(km, kc) -> None:
     km.shutdown_kernel(now=True)
 
 
+@pytest.fixture
+def forked(zygote, kernelspec_dir, tmp_path):
+    """A running kernel forked by ``zygote``: (manager, client)."""
+    write_grading_kernelspec(kernelspec_dir, LIMITS, zygote=zygote[1])
+    km, kc = _start(tmp_path)
+    yield km, kc
+    _stop(km, kc)
+
+
 def test_forked_kernel_is_isolated_limited_and_configured_by_its_client(zygote, kernelspec_dir, tmp_path,
                                                                         monkeypatch):
     process, sock = zygote
@@ -117,58 +126,41 @@ def test_forked_kernel_is_isolated_limited_and_configured_by_its_client(zygote, 
     assert seen[0][-1] != seen[1][-1], "two forked kernels drew the same numpy random number"
 
 
-def test_interrupt_reaches_the_forked_kernel(zygote, kernelspec_dir, tmp_path):
-    write_grading_kernelspec(kernelspec_dir, LIMITS, zygote=zygote[1])
-    km, kc = _start(tmp_path)
-    try:
-        kc.execute("while True:\n    pass\n")
-        time.sleep(0.5)
-        km.interrupt_kernel()  # SIGINT to the stub's process group; the stub forwards it
-        reply = kc.get_shell_msg(timeout=10)
-        assert reply["content"]["status"] == "error"
-        assert reply["content"]["ename"] == "KeyboardInterrupt"
-        out, error = _run(kc, "print(6 * 7)")  # and the kernel goes on
-        assert (out.strip(), error) == ("42", None)
-    finally:
-        _stop(km, kc)
+def test_interrupt_reaches_the_forked_kernel(forked):
+    km, kc = forked
+    kc.execute("while True:\n    pass\n")
+    time.sleep(0.5)
+    km.interrupt_kernel()  # SIGINT to the stub's process group; the stub forwards it
+    reply = kc.get_shell_msg(timeout=10)
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    out, error = _run(kc, "print(6 * 7)")  # and the kernel goes on
+    assert (out.strip(), error) == ("42", None)
 
 
-def test_a_kernel_that_exits_is_seen_dead_with_its_exit_code(zygote, kernelspec_dir, tmp_path):
-    write_grading_kernelspec(kernelspec_dir, LIMITS, zygote=zygote[1])
-    km, kc = _start(tmp_path)
-    try:
-        kc.execute("import os\nos._exit(3)\n")
-        assert _wait_until(lambda: not km.is_alive()), "the client still sees a kernel that exited"
-        assert km.provisioner.process.returncode == 3
-    finally:
-        _stop(km, kc)
+def test_a_kernel_that_exits_is_seen_dead_with_its_exit_code(forked):
+    km, kc = forked
+    kc.execute("import os\nos._exit(3)\n")
+    assert _wait_until(lambda: not km.is_alive()), "the client still sees a kernel that exited"
+    assert km.provisioner.process.returncode == 3
 
 
-def test_killing_the_stub_kills_its_kernel(zygote, kernelspec_dir, tmp_path):
-    write_grading_kernelspec(kernelspec_dir, LIMITS, zygote=zygote[1])
-    km, kc = _start(tmp_path)
-    try:
-        out, _ = _run(kc, "import os\nprint(os.getpid())")
-        kernel = psutil.Process(int(out))
-        os.kill(km.provisioner.process.pid, signal.SIGKILL)  # what nbclient's kill does (SIGKILL cannot be forwarded)
-        assert _wait_until(lambda: not kernel.is_running() or kernel.status() == psutil.STATUS_ZOMBIE)
-    finally:
-        _stop(km, kc)
+def test_killing_the_stub_kills_its_kernel(forked):
+    km, kc = forked
+    out, _ = _run(kc, "import os\nprint(os.getpid())")
+    kernel = psutil.Process(int(out))
+    os.kill(km.provisioner.process.pid, signal.SIGKILL)  # what nbclient's kill does (SIGKILL cannot be forwarded)
+    assert _wait_until(lambda: not kernel.is_running() or kernel.status() == psutil.STATUS_ZOMBIE)
 
 
-def test_closing_the_zygote_kills_its_kernels_and_ends_it(zygote, kernelspec_dir, tmp_path):
+def test_closing_the_zygote_kills_its_kernels_and_ends_it(zygote, forked):
     process, sock = zygote
-    write_grading_kernelspec(kernelspec_dir, LIMITS, zygote=sock)
-    km, kc = _start(tmp_path)
-    try:
-        out, _ = _run(kc, "import os\nprint(os.getpid())")
-        kernel = psutil.Process(int(out))
-        process.stdin.close()
-        assert process.wait(timeout=10) == 0
-        assert not kernel.is_running() or kernel.status() == psutil.STATUS_ZOMBIE
-        assert not os.path.exists(sock)
-    finally:
-        _stop(km, kc)
+    out, _ = _run(forked[1], "import os\nprint(os.getpid())")
+    kernel = psutil.Process(int(out))
+    process.stdin.close()
+    assert process.wait(timeout=10) == 0
+    assert not kernel.is_running() or kernel.status() == psutil.STATUS_ZOMBIE
+    assert not os.path.exists(sock)
 
 
 def test_without_a_zygote_the_stub_becomes_a_fresh_limited_kernel(kernelspec_dir, tmp_path):
