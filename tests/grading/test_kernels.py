@@ -10,6 +10,7 @@ a fresh interpreter.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -213,7 +214,9 @@ def test_grading_manager_reports_a_kernel_that_dies_at_start(tmp_path, monkeypat
 
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="Kernel died before replying to kernel_info"):
-        asyncio.run(start())
+        # in a thread of its own: earlier tests may leave this thread's event loop running
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, start()).result()
     assert time.monotonic() - started < 10
 
 
