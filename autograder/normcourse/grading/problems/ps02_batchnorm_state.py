@@ -98,14 +98,20 @@ def _step_case(rng, label: str, x: np.ndarray, training: bool, *, momentum=None,
     return Case(", ".join(parts), (x, rm, rv, w, b, training, momentum, eps), inplace=(1, 2), rtol=tol, atol=tol)
 
 
-def _training_cases(rng):
+def _random_and_edge_cases(rng, training: bool, edge_layout: str) -> list:
+    """Two random inputs of each layout, then the shared edge cases on one shape of ``edge_layout``."""
     cases = []
     for layout in ("NC", "NCL", "NCHW"):
         for _ in range(2):
             x = random_input(rng, random_shape(rng, layout))
-            cases.append(_step_case(rng, f"random {layout} {x.shape}", x, True))
-    for label, x in edge_cases(rng, random_shape(rng, "NCHW")):
-        cases.append(_step_case(rng, label, x, True, eps=1e-5))
+            cases.append(_step_case(rng, f"random {layout} {x.shape}", x, training))
+    for label, x in edge_cases(rng, random_shape(rng, edge_layout)):
+        cases.append(_step_case(rng, label, x, training, eps=1e-5))
+    return cases
+
+
+def _training_cases(rng):
+    cases = _random_and_edge_cases(rng, True, "NCHW")
     x = random_input(rng, (2, 3))
     cases.append(_step_case(rng, "batch size 2 of feature vectors (n=2: unbiased = 2 x biased)", x, True))
     x = random_input(rng, (5, 4))
@@ -118,13 +124,7 @@ def _training_cases(rng):
 
 
 def _eval_cases(rng):
-    cases = []
-    for layout in ("NC", "NCL", "NCHW"):
-        for _ in range(2):
-            x = random_input(rng, random_shape(rng, layout))
-            cases.append(_step_case(rng, f"random {layout} {x.shape}", x, False))
-    for label, x in edge_cases(rng, random_shape(rng, "NCL")):
-        cases.append(_step_case(rng, label, x, False, eps=1e-5))
+    cases = _random_and_edge_cases(rng, False, "NCL")
     x = random_input(rng, (1, 5))
     cases.append(_step_case(rng, "batch size 1 of feature vectors, shape (1, 5) (legal in evaluation)", x, False))
     return cases
