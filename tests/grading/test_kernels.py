@@ -241,3 +241,12 @@ def test_a_request_cannot_raise_the_zygotes_own_caps(tmp_path, kernelspec_dir):
     finally:
         process.stdin.close()
         process.wait(timeout=10)
+
+
+def test_limits_travel_as_flags_between_processes():
+    """Orchestrator -> worker -> zygote -> stub -> launcher all pass the caps as these flags."""
+    limits = Limits(memory_mb=1000, cpu_seconds=20, file_mb=3)
+    assert Limits.from_args(["numpy", *limits.to_args(), "-f", "k.json"]) == (limits, ["numpy", "-f", "k.json"])
+    assert Limits.from_args(["--memory-mb=512", "--IPKernelApp.log_level=ERROR"]) == (
+        Limits(memory_mb=512), ["--IPKernelApp.log_level=ERROR"])
+    assert Limits.from_args(["numpy", "torch"]) == (None, ["numpy", "torch"])  # no flags: no caps given

@@ -146,8 +146,8 @@ def stamp_new_gradebook(path: Path) -> bool:
 def seed_gradebook(course: Course, problem_set: str, db_url: str) -> None:
     """Record the assignment (notebooks, grade cells, checksums) in ``db_url`` with nbgrader's
     ``generate_assignment``, run on a private copy of the source so the course's release is untouched."""
-    if _sqlite_path(db_url) is not None:
-        stamp_new_gradebook(_sqlite_path(db_url))
+    if (path := _sqlite_path(db_url)) is not None:
+        stamp_new_gradebook(path)
     with tempfile.TemporaryDirectory(prefix="normcourse-seed-") as tmp:
         shutil.copytree(course.source_dir(problem_set), Path(tmp) / "solutions" / problem_set)
         api = course.api({"CourseDirectory": {"root": tmp, "source_directory": "solutions",
@@ -178,19 +178,17 @@ def _seeded(course: Course, problem_set: str, ledger: Ledger) -> Path:
         partial = course_db.with_name(course_db.name + ".partial")
         shutil.copy2(template, partial)
         os.replace(partial, course_db)
-        ledger.seeded[problem_set] = version
-        ledger.save()
-        return template
-    try:
-        with Gradebook(course.db_url) as gb:
-            gb.find_assignment(problem_set)
-        current = ledger.seeded.get(problem_set) == version
-    except MissingEntry:
-        current = False
-    if not current:
+    else:
+        try:
+            with Gradebook(course.db_url) as gb:
+                gb.find_assignment(problem_set)
+            if ledger.seeded.get(problem_set) == version:
+                return template
+        except MissingEntry:
+            pass
         seed_gradebook(course, problem_set, course.db_url)
-        ledger.seeded[problem_set] = version
-        ledger.save()
+    ledger.seeded[problem_set] = version
+    ledger.save()
     return template
 
 
@@ -334,9 +332,7 @@ class _Worker:
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "normcourse.grading.worker", "--serve",
-                                             "--memory-mb", str(limits.memory_mb), "--cpu-seconds",
-                                             str(limits.cpu_seconds), "--file-mb", str(limits.file_mb),
-                                             *kernel_preload],
+                                             *limits.to_args(), *kernel_preload],
                                             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True, text=True)
         self.task: _Task | None = None

@@ -25,7 +25,7 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import DottedObjectName, Type
 
-__all__ = ["GradingKernelClient", "GradingKernelManager"]
+__all__ = ["GradingKernelClient", "GradingKernelManager", "GRADING_EXECUTION"]
 
 #: How long one kernel_info attempt waits for its reply on shell.
 REPLY_SECONDS = 1.0
@@ -95,3 +95,9 @@ class GradingKernelManager(AsyncKernelManager):
 
     async def _async_wait(self, pollinterval: float = EXIT_POLL_SECONDS) -> None:
         await super()._async_wait(pollinterval=min(pollinterval, EXIT_POLL_SECONDS))
+
+
+#: nbclient settings (``NotebookClient`` keywords, or nbgrader's ``Execute`` config) for grading runs:
+#: this manager, and a kernel killed once its notebook has run (every output is in by then) rather
+#: than asked to shut down and waited for.
+GRADING_EXECUTION = {"kernel_manager_class": f"{__name__}.GradingKernelManager", "shutdown_kernel": "immediate"}

@@ -89,43 +89,26 @@ def _read_message(stream):
 # ------------------------------------------------------------------------------------------------
 # The stub (the process jupyter_client starts).
 
-def _limit_args(limits: dict) -> list[str]:
-    return ["--memory-mb", str(limits["memory_mb"]), "--cpu-seconds", str(limits["cpu_seconds"]),
-            "--file-mb", str(limits["file_mb"])]
-
-
-def _split_limits(args: list[str]) -> tuple[dict, list[str]]:
-    """``--memory-mb N --cpu-seconds N --file-mb N`` (defaults: :class:`Limits`'s) and the other args."""
-    limits = {"memory_mb": 2048, "cpu_seconds": 600, "file_mb": 64}
-    rest, i = [], 0
-    while i < len(args):
-        key = args[i].lstrip("-").replace("-", "_")
-        if args[i].startswith("--") and key in limits and i + 1 < len(args):
-            limits[key] = int(args[i + 1])
-            i += 2
-        else:
-            rest.append(args[i])
-            i += 1
-    return limits, rest
-
-
-def _fresh_kernel(limits: dict, kernel_args: list[str]) -> None:
+def _fresh_kernel(limits, kernel_args: list[str]) -> None:
     """Replace this process by an ordinary limited kernel (the path without a zygote)."""
     os.execv(sys.executable, [sys.executable, "-m", "normcourse.grading.kernel_launcher",
-                              *_limit_args(limits), *kernel_args])
+                              *limits.to_args(), *kernel_args])
 
 
 def stub(argv: list[str]) -> int:
     """Ask the zygote for a kernel, then stand in for it until it exits; see the module docstring."""
+    from normcourse.grading.limits import Limits  # standard library only, like this module
+
     socket_path = argv[0]
-    limits, kernel_args = _split_limits(argv[1:])
+    limits, kernel_args = Limits.from_args(argv[1:])
+    limits = limits or Limits()
     try:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.settimeout(CONNECT_TIMEOUT)
         conn.connect(socket_path)
         conn.settimeout(REPLY_TIMEOUT)
-        _send(conn, {"argv": kernel_args, "env": dict(os.environ), "cwd": os.getcwd(), "limits": limits},
-              [0, 1, 2])
+        _send(conn, {"argv": kernel_args, "env": dict(os.environ), "cwd": os.getcwd(),
+                     "limits": vars(limits)}, [0, 1, 2])
         replies = conn.makefile("rb")
         pid = int(_read_message(replies)["pid"])
     except (OSError, ValueError, TypeError, KeyError):  # includes a missing reply (None)
@@ -242,7 +225,7 @@ def _kill_group(pid: int) -> None:
             pass
 
 
-def serve(socket_path: str, modules: list[str], limits: dict | None = None) -> int:
+def serve(socket_path: str, modules: list[str], limits=None) -> int:
     """Listen on ``socket_path`` (listening before the imports, so early stubs wait instead of falling
     back), import ``modules``, then fork a kernel per request until stdin reaches EOF.
 
@@ -250,9 +233,9 @@ def serve(socket_path: str, modules: list[str], limits: dict | None = None) -> i
     request asks for: learner code could otherwise connect to the socket and ask for an uncapped
     kernel. (A kernel's own caps come from its request and can only be lower.)
     """
-    if limits is not None:
-        from normcourse.grading.limits import Limits, apply_limits
-        apply_limits(Limits(**limits))
+    if limits is not None:  # a normcourse.grading.limits.Limits
+        from normcourse.grading.limits import apply_limits
+        apply_limits(limits)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if os.path.exists(socket_path):
         os.unlink(socket_path)
@@ -355,9 +338,9 @@ def serve(socket_path: str, modules: list[str], limits: dict | None = None) -> i
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) >= 2 and args[0] == "serve":
-        has_limits = any(a in ("--memory-mb", "--cpu-seconds", "--file-mb") for a in args[2:])
-        limits, modules = _split_limits(args[2:])
-        return serve(args[1], modules, limits if has_limits else None)
+        from normcourse.grading.limits import Limits
+        limits, modules = Limits.from_args(args[2:])
+        return serve(args[1], modules, limits)
     if len(args) >= 2 and args[0] == "stub":
         return stub(args[1:])
     print(__doc__.split("Usage:")[1].strip(), file=sys.stderr)

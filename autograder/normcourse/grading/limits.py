@@ -43,6 +43,25 @@ class Limits:
     cpu_seconds: int = 600
     file_mb: int = 64
 
+    def to_args(self) -> list[str]:
+        """The command-line flags that :meth:`from_args` reads back: ``--memory-mb N --cpu-seconds N
+        --file-mb N``."""
+        return ["--memory-mb", str(self.memory_mb), "--cpu-seconds", str(self.cpu_seconds),
+                "--file-mb", str(self.file_mb)]
+
+    @classmethod
+    def from_args(cls, args: list[str]) -> tuple[Limits | None, list[str]]:
+        """The limits given as flags in ``args`` (missing ones at their defaults; None if no flag is
+        there at all), and the other arguments, in order."""
+        import argparse
+
+        parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        for flag in ("--memory-mb", "--cpu-seconds", "--file-mb"):
+            parser.add_argument(flag, type=int)
+        known, rest = parser.parse_known_args(args)
+        given = {k: v for k, v in vars(known).items() if v is not None}
+        return (cls(**given) if given else None), rest
+
 
 def apply_limits(limits: Limits) -> None:
     """Apply ``limits`` to the current process (and so to everything it starts)."""
@@ -68,9 +87,7 @@ def write_grading_kernelspec(jupyter_dir: Path, limits: Limits = Limits(), zygot
     launcher = (["normcourse.grading.kernel_zygote", "stub", zygote] if zygote
                 else ["normcourse.grading.kernel_launcher"])
     spec = {
-        "argv": [sys.executable, "-m", *launcher,
-                 "--memory-mb", str(limits.memory_mb), "--cpu-seconds", str(limits.cpu_seconds),
-                 "--file-mb", str(limits.file_mb), "-f", "{connection_file}",
+        "argv": [sys.executable, "-m", *launcher, *limits.to_args(), "-f", "{connection_file}",
                  "--IPKernelApp.log_level=ERROR"],
         "display_name": "Python 3 (normcourse grading, resource-limited)",
         "language": "python",

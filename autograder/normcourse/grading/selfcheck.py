@@ -126,7 +126,7 @@ def _execute(nb, workdir: Path, timeout: int, limits: Limits) -> None:
     from nbclient import NotebookClient
     from nbgrader.utils import setenv
 
-    from .kernel_manager import GradingKernelManager
+    from .kernel_manager import GRADING_EXECUTION
     from .limits import write_grading_kernelspec
 
     with tempfile.TemporaryDirectory(prefix="normcourse-check-") as jupyter_dir:
@@ -135,7 +135,7 @@ def _execute(nb, workdir: Path, timeout: int, limits: Limits) -> None:
         with setenv(JUPYTER_PATH=path, NBGRADER_EXECUTION="autograde"):
             client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, allow_errors=True,
                                     interrupt_on_timeout=True, record_timing=False,
-                                    kernel_manager_class=GradingKernelManager, shutdown_kernel="immediate",
+                                    **GRADING_EXECUTION,
                                     resources={"metadata": {"path": str(workdir)}})
             try:
                 client.execute()

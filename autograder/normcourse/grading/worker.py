@@ -192,6 +192,7 @@ def grade_submission(job: dict) -> dict:
     import nbformat
 
     from .course import Course, ensure_tool_path
+    from .kernel_manager import GRADING_EXECUTION
     from .limits import Limits, write_grading_kernelspec
     from .preprocessors import AUTOGRADE_PREPROCESSORS
     from nbgrader import utils
@@ -239,12 +240,9 @@ def grade_submission(job: dict) -> dict:
                             "submitted_directory": "submitted", "autograded_directory": "autograded",
                             "feedback_directory": "feedback",
                             "db_url": f"sqlite:///{workspace / 'gradebook.db'}"},
-        # "immediate": the kernel is killed once its notebook has run (every output is in by then) instead
-        # of being asked to shut down and waited for; the manager skips jupyter_client's idle waits.
         "Execute": {"timeout": int(job["cell_timeout"]), "kernel_name": kernel,
                     "interrupt_on_timeout": True, "startup_timeout": int(job.get("startup_timeout", 60)),
-                    "shutdown_kernel": "immediate",
-                    "kernel_manager_class": "normcourse.grading.kernel_manager.GradingKernelManager"},
+                    **GRADING_EXECUTION},
         "Autograde": {"autograde_preprocessors": AUTOGRADE_PREPROCESSORS},
     }
     api = course.api(overrides)
@@ -348,12 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     skip_unused_format_checkers()
     args = argv if argv is not None else sys.argv[1:]
     if args and args[0] == "--serve":
-        from .kernel_zygote import _split_limits
-        limits, modules = _split_limits(args[1:])
-        limit_args = []
-        for name, value in limits.items():  # memory_mb=2048 -> --memory-mb 2048
-            limit_args += [f"--{name.replace('_', '-')}", str(value)]
-        _ZYGOTE = _Zygote(modules, limit_args)
+        from .limits import Limits
+        limits, modules = Limits.from_args(args[1:])
+        _ZYGOTE = _Zygote(modules, (limits or Limits()).to_args())
         _ZYGOTE.ensure_running()  # imports its modules while this worker warms up
         try:
             _warm_up(torch="torch" in modules)
