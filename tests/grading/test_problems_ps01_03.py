@@ -18,8 +18,8 @@ import normcourse.reference as ref
 from normcourse.grading.cases import EDGE_LABELS
 from normcourse.grading.compare import GradingError
 from normcourse.grading.parts import get_part, parts_of
-from normcourse.grading.problems import ps02_batchnorm_state as ps02
-from normcourse.grading.problems import ps03_backward as ps03
+from normcourse.problems import ps02_batchnorm_state as ps02
+from normcourse.problems import ps03_backward as ps03
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBLEM_SETS = ("ps01_scopes", "ps02_batchnorm_state", "ps03_backward")

@@ -26,8 +26,8 @@ import normcourse.reference as ref  # noqa: E402
 from normcourse.grading.compare import GradingError  # noqa: E402
 from normcourse.grading.parts import get_part, parts_of  # noqa: E402
 from normcourse.reference import jacobians  # noqa: E402
-from normcourse.reference.measurements import layer_groups  # noqa: E402
-from normcourse.transformer import residual  # noqa: E402
+from normcourse.lab.measurements import layer_groups  # noqa: E402
+from normcourse.lab.transformer import residual  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBLEM_SETS = ("ps04_jacobians", "ps05_optimization", "ps06_transformers")
@@ -360,7 +360,7 @@ def test_attention_oracle_matches_the_formula():
     q, k = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4))
     logits = q @ k.transpose(0, 2, 1) / 2.0
     expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    from normcourse.grading.problems.ps06_transformers import attention_probabilities_reference
+    from normcourse.problems.ps06_transformers import attention_probabilities_reference
     np.testing.assert_allclose(attention_probabilities_reference(q, k), expected, rtol=1e-14, atol=1e-15)
 
 

@@ -12,10 +12,7 @@ import types
 
 import pytest
 
-from grading_helpers import PROBLEM_SET, with_solution
 from normcourse.grading import sandbox
-
-CENTER_OK = "import numpy as np\ndef center(x):\n    x = np.asarray(x)\n    return x - x.mean(axis=-1, keepdims=True)\n"
 
 
 @pytest.fixture
@@ -64,14 +61,3 @@ def test_binding_a_watched_name_is_tampering(lazy_module, name):
     snap = sandbox._snapshot({"lazy_pkg": ["*"]})
     setattr(module, name, lambda *a, **k: "patched")  # defined in the learner's namespace
     assert sandbox._changed(snap) == [f"lazy_pkg.{name}"]
-
-
-@pytest.mark.slow
-def test_recheck_reports_a_patched_lazy_reference_name_but_not_its_use():
-    uses = with_solution("center", CENTER_OK + "import normcourse.reference as ref\nref.landscape_probe\n")
-    patches = with_solution("center", CENTER_OK + "import normcourse.reference as ref\n"
-                                                  "ref.landscape_probe = lambda *a, **k: None\n")
-    clean = sandbox.recheck_notebook(uses, PROBLEM_SET, timeout=120)
-    assert clean.tampering == [] and all(p.passed for p in clean.parts.values()), clean
-    flagged = sandbox.recheck_notebook(patches, PROBLEM_SET, timeout=120)
-    assert flagged.tampering == ["normcourse.reference.landscape_probe"]

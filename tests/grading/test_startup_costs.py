@@ -90,7 +90,7 @@ def test_torch_is_preloaded_only_for_problem_sets_that_import_it(problem_set, to
     assert uses_torch(source) is torch
     modules = kernel_preload(source, problem_set)
     assert ("torch" in modules) is torch
-    assert f"normcourse.grading.problems.{problem_set}" in modules
+    assert f"normcourse.problems.{problem_set}" in modules
 
 
 def test_a_mention_of_torch_is_not_an_import(tmp_path):

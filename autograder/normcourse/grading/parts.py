@@ -11,7 +11,7 @@ function, and how to compare. The same object serves three callers:
   the learner's function in a separate resource-limited process on fresh copies, and compares here
   with :mod:`normcourse.grading.compare`, so learner code cannot patch the comparison.
 
-Problem-set modules (``normcourse.grading.problems.psNN_name``) each define ``PARTS``, a list of
+Problem-set modules (``normcourse.problems.psNN_name``, loaded by name) each define ``PARTS``, a list of
 :class:`Part`, and register them with :func:`register`.
 """
 
@@ -177,10 +177,13 @@ def register(parts: Sequence[Part]) -> None:
 #: Extra problem-set modules outside the package (``os.pathsep``-separated .py files), for example a
 #: test fixture or a course's local problem set. Kernels and sandboxes inherit it from the grader.
 EXTRA_PROBLEMS_ENV = "NORMCOURSE_EXTRA_PROBLEMS"
+#: The course's problem sets, one module each. The grading tools find them by name, as plugins, and
+#: never import them statically: a problem set may use the lab's torch models, the grading tools may not.
+PROBLEMS_PACKAGE = "normcourse.problems"
 
 
 def _load_problem_modules() -> None:
-    from . import problems
+    problems = importlib.import_module(PROBLEMS_PACKAGE)
     for info in pkgutil.iter_modules(problems.__path__):
         importlib.import_module(f"{problems.__name__}.{info.name}")
     _load_extra_problem_modules()
@@ -190,8 +193,7 @@ def _load_problem_set(problem_set: str) -> None:
     """Import only ``problem_set``'s own module (plus the extra modules), so that a hidden-test cell of a
     numpy-only set does not import torch through the modules of the torch-based sets (about 2 s per
     graded kernel). A name without a module of its own loads every module."""
-    from . import problems
-    name = f"{problems.__name__}.{problem_set}"
+    name = f"{PROBLEMS_PACKAGE}.{problem_set}"
     if not problem_set.isidentifier() or importlib.util.find_spec(name) is None:
         _load_problem_modules()
         return

@@ -43,19 +43,22 @@ def flagged(records: dict[str, dict]) -> dict[str, list[str]]:
     return out
 
 
+#: A plain, readable style for the instructor's report plots (the book's own style lives in the book layer).
+_REPORT_STYLE = {"axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False}
+
+
 def write_report(course, problem_set: str, out_dir: Path | None = None) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..figures import use_style
     from .autograde import ledger_path
     from .ledger import Ledger
 
     records = Ledger(ledger_path(course)).of(problem_set)
     out_dir = Path(out_dir or course.grading_dir / "reports" / problem_set)
     out_dir.mkdir(parents=True, exist_ok=True)
-    use_style()
+    matplotlib.rcParams.update(_REPORT_STYLE)
     graded = {s: r for s, r in records.items() if r["status"] in ("graded", "failed")}
     max_score = max([r["max_score"] for r in graded.values()] + [1.0])
 

@@ -272,7 +272,7 @@ _PRELOAD = ["numpy", "numpy.testing", "normcourse.reference", "normcourse.gradin
             "normcourse.grading.parts", "normcourse.grading.sandbox"]
 #: Added for problem sets whose notebooks use torch (about 1.5 s once, instead of in every child whose
 #: program mentions torch); normcourse.reference's torch modules are lazy, so they are named too.
-_TORCH_PRELOAD = ["torch", "normcourse.reference.measurements", "normcourse.reference.attention"]
+_TORCH_PRELOAD = ["torch", "normcourse.lab.measurements", "normcourse.lab.placements"]
 _CONTEXT = None
 
 
@@ -392,6 +392,7 @@ class _NoShell:
 
 def _child(job_path: str, out_dir: str) -> None:
     import copy
+    import importlib
     import signal
 
     with open(job_path, "rb") as f:
@@ -399,8 +400,8 @@ def _child(job_path: str, out_dir: str) -> None:
     from .limits import apply_limits
     apply_limits(job["limits"])
     os.environ.setdefault("MPLBACKEND", "Agg")
-    if job["preimport_torch"]:
-        import torch  # noqa: F401  (so its functions are snapshotted before learner code can patch them)
+    if job["preimport_torch"]:  # so its functions are snapshotted before learner code can patch them
+        importlib.import_module("torch")  # named by the job, like every preload: grading never imports torch
     import math  # noqa: F401
     import numpy.testing  # noqa: F401
     import normcourse.grading.compare  # noqa: F401

@@ -90,7 +90,7 @@ def uses_torch(problem_set_source: Path) -> bool:
 def kernel_preload(problem_set_source: Path, problem_set: str) -> list[str]:
     """Modules worth importing once per worker for this problem set's kernels: the base set, the
     problem set's hidden-test module, and torch (about 1.5 s) only if its notebooks import torch."""
-    modules = list(BASE_KERNEL_PRELOAD) + [f"normcourse.grading.problems.{problem_set}"]
+    modules = list(BASE_KERNEL_PRELOAD) + [f"normcourse.problems.{problem_set}"]
     if uses_torch(problem_set_source):
         modules.append("torch")
     return modules

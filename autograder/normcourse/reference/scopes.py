@@ -14,7 +14,7 @@ layout    meaning                                example
 ``BSD``   sequences: batch, sequence, model dim   the residual stream of a Transformer
 ========  =====================================  ==========================================
 
-The forward passes in :mod:`normcourse.reference.forward`, the figures in :mod:`normcourse.figures`
+The forward passes in :mod:`normcourse.reference.forward`, the figures in :mod:`normcourse.book.figures`
 and the tests all read their axes from here, so a figure can never disagree with the code it draws.
 
 GroupNorm is the one scope that is not a plain set of axes: it splits the channel axis into

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from normcourse.figures import NORM_COLORS, cube_voxels, scope_cube, scope_cubes, use_style  # noqa: E402
+from normcourse.book.figures import NORM_COLORS, cube_voxels, scope_cube, scope_cubes, use_style  # noqa: E402
 from normcourse.reference.scopes import scope_mask  # noqa: E402
 
 IMAGE_SHAPE = (4, 6, 2, 3)
@@ -101,7 +101,7 @@ def test_style_and_colors_unchanged():
 
 
 def test_table_renders_html_markdown_and_text():
-    from normcourse.figures import Table
+    from normcourse.book.figures import Table
 
     table = Table(["norm", "axes <reduced>"], [("batch_norm", "N,H,W"), ("layer_norm", 3)])
     html = table._repr_html_()

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...reference import jacobians as ref
-from ..parts import Case, Part, register
+from normcourse.reference import jacobians as ref
+from normcourse.grading.parts import Case, Part, register
 
 PROBLEM_SET = "ps04_jacobians"
 FLOAT32_TOL = {"rtol": 1e-6, "atol": 1e-6}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib
 import numpy as np
 
-from .reference.scopes import scope_mask
+from ..reference.scopes import scope_mask
 
 STYLE = {
     "figure.figsize": (6.4, 3.6),

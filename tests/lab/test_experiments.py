@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import normcourse.reference as ref
-from normcourse.experiments import (GhostBatchNorm2d, batch_size_sweep, batch_statistics_accuracy,
+from normcourse.lab.experiments import (GhostBatchNorm2d, batch_size_sweep, batch_statistics_accuracy,
                                     with_ghost_batch_norm)
-from normcourse.models import load_digits_tensors, small_cnn
+from normcourse.lab.models import load_digits_tensors, small_cnn
 
 # float32 torch against float32 torch / float64 reference: 1e-5 relative is a few ulps of float32
 # after a mean, a variance and a division.

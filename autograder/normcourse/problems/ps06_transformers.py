@@ -2,12 +2,12 @@
 
 - ``attention_probabilities`` (numpy): softmax of scaled dot products; the oracle is PyTorch's own
   ``torch.softmax`` in float64 (the course's outside oracle), since the reference package only
-  computes attention inside :class:`normcourse.transformer.MultiHeadSelfAttention`.
+  computes attention inside :class:`normcourse.lab.transformer.MultiHeadSelfAttention`.
 - ``attention_entropy`` (numpy): :func:`normcourse.reference.attention.attention_entropy`.
-- ``residual_block``: :func:`normcourse.transformer.residual`, Post-LN versus Pre-LN. It is generic (only
+- ``residual_block``: :func:`normcourse.lab.transformer.residual`, Post-LN versus Pre-LN. It is generic (only
   ``+`` and calls); the hidden cases use numpy arrays, a numpy FFN and the reference LayerNorm/RMSNorm,
   because the out-of-kernel re-check ships results as numpy arrays only.
-- ``per_layer_grad_norms`` (torch): :func:`normcourse.reference.attention.per_layer_grad_norms`.
+- ``per_layer_grad_norms`` (torch): :func:`normcourse.lab.placements.per_layer_grad_norms`.
 - ``layer_norm`` (numpy, the find-the-bug exercise): :func:`normcourse.reference.layer_norm`, on the
   course's shared edge cases (:func:`normcourse.grading.cases.edge_cases`).
 
@@ -31,12 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...reference import layer_norm as reference_layer_norm
-from ...reference import rms_norm as reference_rms_norm
-from ...reference.attention import attention_entropy, per_layer_grad_norms
-from ...transformer import TinyTransformer, residual
-from ..cases import edge_cases, random_affine, random_eps, random_input, random_shape
-from ..parts import Case, Part, register
+from normcourse.reference import layer_norm as reference_layer_norm
+from normcourse.reference import rms_norm as reference_rms_norm
+from normcourse.lab.placements import per_layer_grad_norms
+from normcourse.reference.attention import attention_entropy
+from normcourse.lab.transformer import TinyTransformer, residual
+from normcourse.grading.cases import edge_cases, random_affine, random_eps, random_input, random_shape
+from normcourse.grading.parts import Case, Part, register
 
 PROBLEM_SET = "ps06_transformers"
 TORCH_RTOL, TORCH_ATOL = 1e-8, 1e-10

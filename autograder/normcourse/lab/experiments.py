@@ -159,7 +159,7 @@ def batch_size_sweep(images_per_statistic=(32, 8, 4, 2, 1), seeds=(0,), steps: i
     r"""BatchNorm versus GroupNorm as BatchNorm's statistics are taken over fewer images.
 
     For every seed, GroupNorm (``groups`` groups) is trained once and BatchNorm once per value
-    :math:`b` of ``images_per_statistic``; every run uses :func:`normcourse.models.small_cnn`, SGD with
+    :math:`b` of ``images_per_statistic``; every run uses :func:`normcourse.lab.models.small_cnn`, SGD with
     the same ``lr``, ``momentum``, ``steps`` and minibatches of ``batch_size`` drawn in the same order.
     Only the number of images per BatchNorm statistic changes (:class:`GhostBatchNorm2d`).
 
@@ -170,7 +170,7 @@ def batch_size_sweep(images_per_statistic=(32, 8, 4, 2, 1), seeds=(0,), steps: i
         lr, momentum: SGD settings (chosen to train well at ``batch_size``). Defaults: 0.05, 0.9.
         batch_size: images per update. Default: 32.
         groups: GroupNorm groups (the CNN has 16 and 32 channels). Default: 4.
-        data: a :class:`normcourse.models.DigitsData`; default :func:`load_digits_tensors`.
+        data: a :class:`normcourse.lab.models.DigitsData`; default :func:`load_digits_tensors`.
 
     Returns:
         list of :class:`SweepRow`, GroupNorm's row repeated for every :math:`b` so both curves can be

@@ -1,4 +1,4 @@
-"""Tests of normcourse.reference.measurements against closed forms computed by hand.
+"""Tests of normcourse.lab.measurements against closed forms computed by hand.
 
 Closed forms are evaluated in float64 with numpy; models are float64 so tolerances can be tight
 (1e-10 relative: a handful of float64 roundings through two matrix products).
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from normcourse.models import mlp
-from normcourse.reference import internal_covariate_shift, landscape_probe, layer_groups
+from normcourse.lab.models import mlp
+from normcourse.lab.measurements import internal_covariate_shift, landscape_probe, layer_groups
 
 RTOL = 1e-10
 

@@ -3,11 +3,11 @@
 The learner measures small torch networks the way Santurkar et al. (2018) do: the gradient norm,
 internal covariate shift (Definition 2.1, per layer as :func:`normcourse.reference.layer_groups`
 splits the model), and the landscape probes along the gradient (losses, gradient changes, effective
-beta-smoothness). The references are :func:`normcourse.reference.measurements.internal_covariate_shift`
-and :func:`~normcourse.reference.measurements.landscape_probe`; the adapters below only pick the
+beta-smoothness). The references are :func:`normcourse.lab.measurements.internal_covariate_shift`
+and :func:`~normcourse.lab.measurements.landscape_probe`; the adapters below only pick the
 field a learner function returns.
 
-Cases are small seeded MLPs (:func:`normcourse.models.mlp`, float64 unless the case says float32) with
+Cases are small seeded MLPs (:func:`normcourse.lab.models.mlp`, float64 unless the case says float32) with
 no normalization, BatchNorm (training and evaluation mode) or LayerNorm, on random batches; edge cases:
 a single linear layer, batch size 2 for BatchNorm, a batch of identical samples (LayerNorm, and
 BatchNorm in evaluation mode), inputs of magnitude 1e4, a float32 model, a step size of 0. No case has noise layers: their random
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...models import mlp
-from ...reference import measurements
-from ..parts import Case, Part, register
+from normcourse.lab.models import mlp
+from normcourse.lab import measurements
+from normcourse.grading.parts import Case, Part, register
 
 PROBLEM_SET = "ps05_optimization"
 RTOL, ATOL = 1e-8, 1e-10

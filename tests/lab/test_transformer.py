@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import normcourse.reference as ref
-from normcourse.transformer import (MultiHeadSelfAttention, TinyTransformer, TransformerBlock,
+from normcourse.lab.transformer import (MultiHeadSelfAttention, TinyTransformer, TransformerBlock,
                                     residual)
 
 D = 16

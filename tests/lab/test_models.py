@@ -1,4 +1,4 @@
-"""Tests of normcourse.models: data, model builders, Santurkar's noise and the training loop.
+"""Tests of normcourse.lab.models: data, model builders, Santurkar's noise and the training loop.
 
 Everything runs on CPU with fixed seeds; the whole file takes a few seconds.
 """
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from normcourse import models
-from normcourse.models import (CovariateShiftNoise, NoisyBatchNorm, accuracy, load_digits_tensors, mlp,
+from normcourse.lab.models import (CovariateShiftNoise, NoisyBatchNorm, accuracy, load_digits_tensors, mlp,
                                relu_inputs, small_cnn, train)
 
 

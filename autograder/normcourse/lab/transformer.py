@@ -18,7 +18,7 @@ Transformer Architecture", ICML, and in GPT-2 and LLaMA.
 Example::
 
     >>> import torch
-    >>> from normcourse.transformer import TinyTransformer
+    >>> from normcourse.lab.transformer import TinyTransformer
     >>> _ = torch.manual_seed(0)
     >>> model = TinyTransformer(vocab=64, d_model=32, n_heads=4, depth=2, seq_len=8, placement="pre")
     >>> tokens = torch.randint(0, 64, (3, 8))

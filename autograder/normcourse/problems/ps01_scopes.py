@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import reference as ref
-from ..cases import edge_cases, random_affine, random_eps, random_input, random_shape
-from ..compare import GradingError
-from ..parts import Case, Part, register
+from normcourse import reference as ref
+from normcourse.grading.cases import edge_cases, random_affine, random_eps, random_input, random_shape
+from normcourse.grading.compare import GradingError
+from normcourse.grading.parts import Case, Part, register
 
 PROBLEM_SET = "ps01_scopes"
 

@@ -1,0 +1,17 @@
+"""The course's laboratory: torch models, training loops, measurements and every chapter's experiment
+driver, each covered by a unit test.
+
+Layering (lower never imports higher): :mod:`normcourse.reference` (numpy only) <- ``normcourse.lab``
+(torch) <- :mod:`normcourse.book` (figures and tables for the chapters). The grading tools
+(:mod:`normcourse.grading`) import the reference and nothing of this package.
+
+Modules:
+
+- :mod:`~normcourse.lab.models`: MLPs and small CNNs with a choice of normalization, the digits data,
+  a plain training loop;
+- :mod:`~normcourse.lab.measurements`: Santurkar et al.'s measurements (internal covariate shift,
+  landscape probes along the gradient);
+- :mod:`~normcourse.lab.transformer`: a tiny Transformer with Post-LN / Pre-LN blocks;
+- :mod:`~normcourse.lab.placements`: per-block gradient norms of Post-LN and Pre-LN at initialization;
+- :mod:`~normcourse.lab.experiments`: the larger experiment drivers of the chapters.
+"""
