@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import shutil
 
 import nbformat
 import pytest

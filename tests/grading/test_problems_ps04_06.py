@@ -22,8 +22,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import normcourse.reference as ref  # noqa: E402
-from normcourse.grading.compare import GradingError  # noqa: E402
 from normcourse.grading.parts import get_part, parts_of  # noqa: E402
 from normcourse.reference import jacobians  # noqa: E402
 from normcourse.lab.measurements import layer_groups  # noqa: E402

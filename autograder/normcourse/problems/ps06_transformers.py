@@ -29,7 +29,6 @@ from functools import partial
 
 import numpy as np
 import torch
-from torch import nn
 
 from normcourse.reference import layer_norm as reference_layer_norm
 from normcourse.reference import rms_norm as reference_rms_norm
