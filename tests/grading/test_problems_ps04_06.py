@@ -24,7 +24,7 @@ torch = pytest.importorskip("torch")
 
 from normcourse.grading.parts import get_part, parts_of  # noqa: E402
 from normcourse.reference import jacobians  # noqa: E402
-from normcourse.lab.measurements import layer_groups  # noqa: E402
+from normcourse.lab.models import layer_groups  # noqa: E402
 from normcourse.lab.transformer import residual  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

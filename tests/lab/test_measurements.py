@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from normcourse.lab.models import mlp
-from normcourse.lab.measurements import internal_covariate_shift, landscape_probe, layer_groups
+from normcourse.lab.measurements import internal_covariate_shift, landscape_probe
 
 RTOL = 1e-10
 
@@ -41,15 +41,6 @@ def assert_same(model, before):
 def batch():
     g = torch.Generator().manual_seed(0)
     return torch.randn(32, 64, generator=g), torch.randint(0, 10, (32,), generator=g)
-
-
-# ---------------------------------------------------------------- layers
-def test_layer_groups_attach_norm_parameters_to_the_preceding_linear():
-    net = mlp(in_dim=3, width=4, depth=2, out_dim=2, norm="batch_norm")
-    groups = layer_groups(net)
-    assert [name for name, _ in groups] == ["0", "3", "6"]
-    assert [len(ps) for _, ps in groups] == [4, 4, 2]
-    assert groups[0][1][2] is net[1].weight
 
 
 # ---------------------------------------------------------------- internal covariate shift

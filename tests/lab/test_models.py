@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from normcourse import models
-from normcourse.lab.models import (CovariateShiftNoise, NoisyBatchNorm, accuracy, load_digits_tensors, mlp,
-                               relu_inputs, small_cnn, train)
+from normcourse.lab import models
+from normcourse.lab.models import (CovariateShiftNoise, NoisyBatchNorm, accuracy, layer_groups, load_digits_tensors,
+                                   mlp, relu_inputs, small_cnn, train)
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +199,11 @@ def test_relu_inputs_leave_model_untouched_and_see_batch_statistics():
     plain = relu_inputs(mlp(depth=2, width=8, norm="batch_norm", seed=0), x)
     # without noise, BN output on its own batch has mean beta = 0 at initialization
     assert plain[0].mean(0).abs().max() < 1e-5
+
+
+def test_layer_groups_attach_norm_parameters_to_the_preceding_linear():
+    net = mlp(in_dim=3, width=4, depth=2, out_dim=2, norm="batch_norm")
+    groups = layer_groups(net)
+    assert [name for name, _ in groups] == ["0", "3", "6"]
+    assert [len(ps) for _, ps in groups] == [4, 4, 2]
+    assert groups[0][1][2] is net[1].weight

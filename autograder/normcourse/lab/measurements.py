@@ -4,7 +4,6 @@ r"""Measurements of a torch model's optimization, as Santurkar et al. (2018) def
   the layers before it take their SGD step first.
 - :func:`landscape_probe` -- Section 3: move along the gradient and record how much the loss and the
   gradient change (loss range, gradient predictiveness, effective :math:`\beta`-smoothness).
-- :func:`layer_groups` -- which parameters make up "layer :math:`i`".
 
 Both measurements are pure: they use ``torch.autograd.grad`` (so no ``.grad`` is touched), replay the
 same randomness in every forward pass (noise generators, dropout), and put back every parameter,
@@ -21,43 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["layer_groups", "internal_covariate_shift", "landscape_probe"]
+from .models import layer_groups
 
-#: Modules that start a new "layer"; parameterized modules after them (e.g. a norm's gain and bias)
-#: belong to the same layer.
-WEIGHTED_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
-
-
-def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
-    r"""Split a model's trainable parameters into layers, in the order the modules are registered.
-
-    A layer starts at each ``nn.Linear`` or convolution and also owns the parameters of the modules
-    registered after it up to the next one (a normalization's :math:`\gamma, \beta`). For
-    ``Linear -> BatchNorm1d -> ReLU -> Linear`` this gives two layers: ``[W1, b1, gamma, beta]`` and
-    ``[W2, b2]``.
-
-    Args:
-        model: any ``nn.Module``.
-
-    Returns:
-        list of ``(name, parameters)``, where ``name`` is the module name that starts the layer.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
-        >>> [(name, len(ps)) for name, ps in layer_groups(net)]
-        [('0', 4), ('3', 2)]
-    """
-    groups: list[tuple[str, list[nn.Parameter]]] = []
-    for name, module in model.named_modules():
-        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-        if not own:
-            continue
-        if isinstance(module, WEIGHTED_MODULES) or not groups:
-            groups.append((name or "model", own))
-        else:
-            groups[-1][1].extend(own)
-    return groups
-
+__all__ = ["internal_covariate_shift", "landscape_probe"]
 
 def _generators(model: nn.Module) -> list[torch.Generator]:
     return [m.generator for m in model.modules() if isinstance(getattr(m, "generator", None), torch.Generator)]
@@ -120,7 +85,7 @@ def internal_covariate_shift(model: nn.Module, loss_fn: Callable, batch, lr: flo
         loss_fn: called as ``loss_fn(model(x), y)``, returns a scalar.
         batch: a pair ``(x, y)``.
         lr: the SGD step size :math:`\eta` of the earlier layers.
-        layers: ``(name, parameters)`` per layer; default :func:`layer_groups` (a linear or
+        layers: ``(name, parameters)`` per layer; default :func:`~normcourse.lab.models.layer_groups` (a linear or
             convolutional layer together with the normalization parameters after it).
 
     Returns:

@@ -11,6 +11,7 @@ Contents:
 - :class:`CovariateShiftNoise` and :class:`NoisyBatchNorm` -- the "noisy BatchNorm" of Santurkar et al.
 - :func:`small_cnn` -- two 3x3 convolutions for the 8x8 digits, with BatchNorm, GroupNorm or nothing.
 - :func:`train` and :func:`accuracy` -- minibatch SGD with a per-step history.
+- :func:`layer_groups` -- which parameters make up "layer :math:`i`" (as Santurkar et al. count layers).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DigitsData", "load_digits_tensors", "mlp", "CovariateShiftNoise", "NoisyBatchNorm",
+__all__ = ["layer_groups", "DigitsData", "load_digits_tensors", "mlp", "CovariateShiftNoise", "NoisyBatchNorm",
            "small_cnn", "History", "train", "accuracy", "relu_inputs", "NORMS"]
 
 #: Normalizations the model builders accept (``None`` means no normalization).
@@ -268,6 +269,43 @@ def mlp(*, in_dim: int = 64, width: int = 128, depth: int = 8, out_dim: int = 10
                     nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
                     nn.init.zeros_(layer.bias)
     return nn.Sequential(*layers)
+
+
+#: Modules that start a new "layer"; parameterized modules after them (e.g. a norm's gain and bias)
+#: belong to the same layer.
+WEIGHTED_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
+    r"""Split a model's trainable parameters into layers, in the order the modules are registered.
+
+    A layer starts at each ``nn.Linear`` or convolution and also owns the parameters of the modules
+    registered after it up to the next one (a normalization's :math:`\gamma, \beta`). For
+    ``Linear -> BatchNorm1d -> ReLU -> Linear`` this gives two layers: ``[W1, b1, gamma, beta]`` and
+    ``[W2, b2]``.
+
+    Args:
+        model: any ``nn.Module``.
+
+    Returns:
+        list of ``(name, parameters)``, where ``name`` is the module name that starts the layer.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+        >>> [(name, len(ps)) for name, ps in layer_groups(net)]
+        [('0', 4), ('3', 2)]
+    """
+    groups: list[tuple[str, list[nn.Parameter]]] = []
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        if isinstance(module, WEIGHTED_MODULES) or not groups:
+            groups.append((name or "model", own))
+        else:
+            groups[-1][1].extend(own)
+    return groups
+
 
 
 class _AsImage(nn.Module):

@@ -1,7 +1,7 @@
 """Problem set 5, optimization: the hidden-test parts.
 
 The learner measures small torch networks the way Santurkar et al. (2018) do: the gradient norm,
-internal covariate shift (Definition 2.1, per layer as :func:`normcourse.reference.layer_groups`
+internal covariate shift (Definition 2.1, per layer as :func:`normcourse.lab.models.layer_groups`
 splits the model), and the landscape probes along the gradient (losses, gradient changes, effective
 beta-smoothness). The references are :func:`normcourse.lab.measurements.internal_covariate_shift`
 and :func:`~normcourse.lab.measurements.landscape_probe`; the adapters below only pick the
