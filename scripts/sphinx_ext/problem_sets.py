@@ -1,7 +1,7 @@
 """Problem-set pages whose parts, points and download come from the release notebook (Sphinx extension).
 
 A problem set's page, ``problem_sets/<name>.md``, is prose written by hand (what the set covers, which
-chapters it practises) around three directives that read the nbgrader *release*
+chapters it goes with) around three directives that read the nbgrader *release*
 ``exercises/<name>/<name>.ipynb``, so that nothing about parts or points is typed twice::
 
     ```{problem-set-download}
@@ -14,10 +14,12 @@ chapters it practises) around three directives that read the nbgrader *release*
 - ``problem-set-download``: a download link to the release notebook. Sphinx's download machinery
   copies the file into the built site (``_build/html/_downloads/<hash>/<name>.ipynb``) and records it
   as a dependency of the page, so a new release re-renders the page.
-- ``problem-set-parts``: one table row per graded cell (the section it sits in, its ``grade_id``, what it
-  checks, its kind, its points) and the totals, built from the cells' nbgrader metadata and their text:
-  the section heading above the cell, the leading comment of a test cell, the function it calls, the
-  question a written answer replies to.
+- ``problem-set-parts``: one table row per graded cell (its ``grade_id`` and kind, what it checks, its
+  points) under a row per section of the notebook, and the totals, built from the cells' nbgrader
+  metadata and their text: the section heading above the cell, the leading comment of a test cell, the
+  function it calls and that function's docstring, the questions a written answer replies to.
+- Adding a set (say ``ps07_batchnorm_practice``): release it into ``exercises/``, copy an existing page
+  to ``problem_sets/ps07_batchnorm_practice.md``, and rewrite its title and prose. Nothing else.
 - ``problem-set-check``: how to run ``normcourse check`` on the notebook.
 
 Each directive takes the set's name as an optional argument; by default it is the page's file name, so a
@@ -61,10 +63,6 @@ class GradedPart:
     checks: str  # MyST Markdown (function names in backticks)
     kind: str  # "visible", "hidden" or "manual"
     points: float
-
-    @property
-    def autograded(self) -> bool:
-        return self.kind != "manual"
 
 
 def release_path(srcdir, name: str) -> Path:
@@ -280,7 +278,7 @@ class ProblemSetParts(_ProblemSetDirective):
     """
 
     # Relative widths, written into the HTML (the "colwidths-given" class).
-    COLUMNS = [("Graded cell", 42), ("What it checks", 47), ("Points", 11)]
+    COLUMNS = (("Graded cell", 42), ("What it checks", 47), ("Points", 11))
 
     def run(self):
         _, path = self.problem_set()
