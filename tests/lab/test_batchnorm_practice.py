@@ -155,6 +155,11 @@ def test_evaluation_modes_rows_and_model_untouched(data):
     np.testing.assert_allclose(rows[0].accuracy, run.test_accuracy)
     assert rows[3].accuracy.max() < rows[0].accuracy.min()   # class-sorted batches of 16 break BatchNorm
     assert np.all(change > 0)
+    first = bp.batch_norm_layers(run.model)[0]
+    moved = copy.deepcopy(first)
+    with torch.no_grad():
+        moved.running_mean += 2 * (moved.running_var + moved.eps).sqrt()     # two standard deviations
+    np.testing.assert_allclose(bp.running_mean_shift(first, moved, 2), 2.0, rtol=1e-5)
     for k, v in run.model.state_dict().items():
         torch.testing.assert_close(v, state[k], rtol=0, atol=0, msg=k)
     assert not run.model.training

@@ -37,7 +37,7 @@ from .models import DigitsData, load_digits_tensors, mlp
 __all__ = ["StackedLinear", "PerSeed", "BatchRenorm1d", "stacked_mlp", "member", "freeze_batch_norm",
            "fold_batch_norm", "EpochSampler", "ClassSampler", "StackedHistory", "train_stacked",
            "stacked_accuracy", "recompute_batch_norm_statistics", "batch_norm_layers", "Run", "train_digits",
-           "EvalRow", "evaluation_modes", "few_shot_pools", "FinetuneRow", "frozen_bn_finetune", "VarianceShift",
+           "EvalRow", "evaluation_modes", "running_mean_shift", "few_shot_pools", "FinetuneRow", "frozen_bn_finetune", "VarianceShift",
            "variance_shift", "ScaleInvariance", "scale_invariance", "NormTrajectory", "weight_norm_trajectory"]
 
 
@@ -594,9 +594,8 @@ def evaluation_modes(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, bat
       last sorted size (under ``torch.no_grad()``, which does not stop the running statistics from moving).
 
     Returns:
-        ``(rows, running_mean_change)``: the :class:`EvalRow` list and, per seed, the relative change
-        :math:`\|\hat\mu_{after} - \hat\mu\| / \|\hat\mu\|` of the first BatchNorm's running mean caused by
-        that pass.
+        ``(rows, running_mean_shift)``: the :class:`EvalRow` list and, per seed, how far that pass moved
+        the first BatchNorm's running mean, in running standard deviations (:func:`running_mean_shift`).
     """
     s = len(model.seeds)
 
@@ -616,10 +615,19 @@ def evaluation_modes(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, bat
     accuracy(True, order, sorted_batch_sizes[-1], probe=polluted)
     rows.append(EvalRow(f"eval mode after a train-mode pass (sorted, batches of {sorted_batch_sizes[-1]})",
                         accuracy(False, probe=polluted)))
-    before = batch_norm_layers(model)[0].running_mean.reshape(s, -1)
-    after = batch_norm_layers(polluted)[0].running_mean.reshape(s, -1)
-    change = ((after - before).norm(dim=1) / before.norm(dim=1)).numpy()
-    return rows, change
+    return rows, running_mean_shift(batch_norm_layers(model)[0], batch_norm_layers(polluted)[0], s)
+
+
+def running_mean_shift(before: nn.Module, after: nn.Module, seeds: int) -> np.ndarray:
+    r"""How far a BatchNorm's running mean moved, per seed, in units of its earlier running standard
+    deviation: the mean over channels :math:`k` of :math:`|\hat\mu^{after}_k - \hat\mu^{before}_k| /
+    \sqrt{\hat\sigma^{2,before}_k + \epsilon}` (1 = shifted by one standard deviation on average).
+
+    ``before`` and ``after`` are the same BatchNorm layer of a stack of ``seeds`` networks at two times.
+    """
+    scale = (before.running_var + before.eps).sqrt()
+    shift = ((after.running_mean - before.running_mean).abs() / scale).reshape(seeds, -1)
+    return shift.mean(1).numpy()
 
 
 def few_shot_pools(y: torch.Tensor, classes: Sequence[int], shots: int, seeds: Sequence[int]) -> list[torch.Tensor]:
@@ -647,7 +655,7 @@ class FinetuneRow:
             first run's weights with the pre-trained running statistics put back: separates drifted
             statistics from weights that adapted to them).
         accuracy: held-out accuracy in evaluation mode.
-        drift: relative change of the first BatchNorm's running mean.
+        drift: how far the first BatchNorm's running mean moved (:func:`running_mean_shift`).
     """
 
     batch_size: int
@@ -682,9 +690,7 @@ def frozen_bn_finetune(model: nn.Sequential, data: DigitsData, *, classes: Seque
     start_stats = [(m.running_mean.clone(), m.running_var.clone()) for m in batch_norm_layers(model)]
 
     def drift(net):
-        first = batch_norm_layers(net)[0].running_mean.reshape(s, -1)
-        base = start_stats[0][0].reshape(s, -1)
-        return ((first - base).norm(dim=1) / base.norm(dim=1)).numpy()
+        return running_mean_shift(batch_norm_layers(model)[0], batch_norm_layers(net)[0], s)
 
     rows = []
     for b in batch_sizes:
