@@ -1,4 +1,6 @@
-"""Chapter 8's drivers: the seed-stacked MLP against separate networks, Batch Renorm against the
+"""Chapter 8's drivers (normcourse.lab.batchnorm_practice; the file name differs from the module's because
+pytest's default import mode needs unique basenames and tests/reference/test_batchnorm_practice.py exists):
+the seed-stacked MLP against separate networks, Batch Renorm against the
 reference, freezing and folding, and the experiment drivers on tiny budgets.
 
 Tolerances: the stacked model and a separate ``nn.Sequential`` compute the same float32 arithmetic in a
