@@ -26,11 +26,9 @@ def test_build_succeeds_with_zero_warnings(book_build):
         + "\n".join(problems[:50]) + "\n--- end of log ---\n" + book_build.log[-3000:])
 
 
-def test_toc_lists_seven_chapters_in_order():
-    assert CHAPTERS == [
-        "chapters/01_internal_covariate_shift", "chapters/02_loss_smoothing",
-        "chapters/03_scopes_images", "chapters/04_scopes_sequences",
-        "chapters/05_jacobian_bounds", "chapters/06_transformers", "chapters/07_tradeoffs"]
+def test_toc_lists_every_chapter_in_order():
+    on_disk = sorted(f"chapters/{p.stem}" for p in (REPO / "chapters").glob("[0-9][0-9]_*.md"))
+    assert len(on_disk) >= 8 and CHAPTERS == on_disk
 
 
 def test_every_toc_page_is_built(built_site):
