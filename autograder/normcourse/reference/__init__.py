@@ -16,9 +16,14 @@ from .backward import batch_norm_backward, layer_norm_backward, rms_norm_backwar
 from .jacobians import (batch_norm_jacobian, layer_norm_jacobian, layer_norm_jacobian_eigen,
                         rms_norm_jacobian, spectral_norm)
 from .attention import attention_entropy
+from .normalization_free import (RELU_GAMMA, adaptive_clip_grad, agc_ratio, dynamic_tanh, dynamic_tanh_backward,
+                                 residual_stream_variance, scaled_weight_standardization, unitwise_norm,
+                                 weight_standardization)
 
 __all__ = ["CHANNEL_FIRST_LAYOUTS", "LAYOUTS", "NORMS", "SCOPES", "Scope", "reduction_axes", "scope", "scope_mask",
            "statistics_view", "batch_norm", "group_norm", "instance_norm", "layer_norm", "normalize", "rms_norm",
            "batch_norm_backward", "layer_norm_backward", "rms_norm_backward", "batch_norm_jacobian",
            "layer_norm_jacobian", "layer_norm_jacobian_eigen", "rms_norm_jacobian", "spectral_norm",
-           "attention_entropy"]
+           "attention_entropy", "RELU_GAMMA", "weight_standardization", "scaled_weight_standardization",
+           "unitwise_norm", "agc_ratio", "adaptive_clip_grad", "dynamic_tanh", "dynamic_tanh_backward",
+           "residual_stream_variance"]
