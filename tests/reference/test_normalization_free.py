@@ -255,9 +255,11 @@ def test_adaptive_clip_grad_by_hand():
     np.testing.assert_allclose(ref.agc_ratio(g, w).ravel(), [0.1, 0.01, 1000.0, 0.0], rtol=1e-15)
     expected = np.array([[0.15, 0.2], [0.01, 0.0], [5e-5, 0.0], [0.0, 0.0]])
     np.testing.assert_allclose(no_warnings(ref.adaptive_clip_grad, g, w, clipping=0.05), expected, rtol=1e-14, atol=0)
-    # exactly at the threshold: not clipped (and clipping would not change it anyway)
+    # exactly at the threshold, and just below it: not clipped (clipping must never lengthen a gradient)
     np.testing.assert_array_equal(ref.adaptive_clip_grad(np.array([[0.25, 0.0]]), np.array([[5.0, 0.0]]), 0.05),
                                   [[0.25, 0.0]])
+    np.testing.assert_array_equal(ref.adaptive_clip_grad(np.array([[0.249, 0.0]]), np.array([[5.0, 0.0]]), 0.05),
+                                  [[0.249, 0.0]])
 
 
 def test_adaptive_clip_grad_vectors_and_scalars_are_one_unit():
