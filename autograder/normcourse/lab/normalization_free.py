@@ -852,7 +852,7 @@ class Sweep:
 
 
 def sweep(variant: str, lrs: Sequence[float], seeds: Sequence[int] = (0, 1, 2, 3, 4),
-          clippings: Sequence[float | None] = (None,), steps: int = 80, batch_size: int = 64,
+          clippings: Sequence[float | None] = (None,), steps: int = 60, batch_size: int = 64,
           momentum: float = 0.9, data: DigitsData | None = None, **model_kwargs) -> Sweep:
     r"""Train one :class:`ResidualMLP` variant over learning rates, AGC thresholds and seeds, at once.
 
@@ -866,7 +866,7 @@ def sweep(variant: str, lrs: Sequence[float], seeds: Sequence[int] = (0, 1, 2, 3
         lrs: learning rates.
         seeds: seeds of weights and minibatch order. Default: (0, 1, 2, 3, 4).
         clippings: AGC thresholds :math:`\lambda`; None trains without AGC. Default: (None,).
-        steps, batch_size, momentum: as in :func:`train_seeds`. Defaults: 80, 64, 0.9.
+        steps, batch_size, momentum: as in :func:`train_seeds`. Defaults: 60, 64, 0.9.
         data: the digits. Default: :func:`~normcourse.lab.models.load_digits_tensors`.
         **model_kwargs: passed to :class:`ResidualMLP` (``depth``, ``width``, ...).
 
