@@ -484,7 +484,7 @@ class ResidualMLP(nn.Module):
     - ``"skipinit"``: the plain block times a scalar :math:`a` that starts at 0;
     - ``"fixup"`` (Zhang et al. 2019, with :math:`m = 2` layers per branch): :math:`W_1` as above times
       :math:`L^{-1/(2m-2)} = L^{-1/2}`, :math:`W_2 = 0`, the head 0, scalar biases (0) before each
-      linear map and the ReLU, a scalar multiplier :math:`m` (1) per branch, no other biases;
+      linear map and the ReLU, one scalar multiplier per branch (initialized to 1), no other biases;
     - ``"nf"`` (NF-ResNet, Brock et al. 2021): stem and branch layers use scaled WS with learnable
       gains; the branch sees :math:`x/\beta_l` with :math:`\beta_l = \sqrt{v_0 + (l-1)\alpha^2}`, the
       expected standard deviation of :math:`x_{l-1}` (:math:`v_0 = 1`), multiplies by :math:`\alpha`,
