@@ -524,14 +524,19 @@ def skip_init_cases(rng: np.random.Generator) -> list[Case]:
         x, dy = _tensor(rng, shape, dtype, scale), _tensor(rng, shape, dtype)
         cases.append(Case(label, (branch, alpha_init, x, dy), state_of=(0,), **options))
 
+    def exact_alpha(low, high):
+        # A multiple of 1/64: exact in float32, so a float32 alpha (torch's default dtype) and a float64
+        # one hold the same number after the driver's .to(x.dtype).
+        return float(rng.integers(int(low * 64), int(high * 64) + 1)) / 64
+
     d, n = int(rng.integers(2, 7)), int(rng.integers(2, 6))
     add(f"Linear({d}, {d}) branch, alpha_init=0 (the identity at initialization), batch {n}",
         _seeded(rng, lambda: nn.Linear(d, d)), 0.0, (n, d))
-    alpha = float(np.round(rng.uniform(-1.5, 1.5), 3))
+    alpha = exact_alpha(-1.5, 1.5)
     add(f"Linear-ReLU-Linear branch of width {d}, alpha_init={alpha}, batch {n}",
         _seeded(rng, lambda: _mlp_branch(d)), alpha, (n, d))
     c, h = int(rng.integers(1, 4)), int(rng.integers(2, 5))
-    alpha = float(np.round(rng.uniform(0.1, 1.0), 3))
+    alpha = exact_alpha(0.1, 1.0)
     add(f"convolutional branch Conv2d({c}, {c}, 3, padding=1), ReLU, Conv2d on (2, {c}, {h}, {h}) input, "
         f"alpha_init={alpha}",
         _seeded(rng, lambda: nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1))),
@@ -549,10 +554,10 @@ def skip_init_cases(rng: np.random.Generator) -> list[Case]:
         f"it), alpha_init=0.5, batch {n}", _seeded(rng, lambda: _mlp_branch(d)), 0.5, (n, d), repeat=2)
     add(f"batch size 1, Linear-ReLU-Linear branch of width {d}, alpha_init=0",
         _seeded(rng, lambda: _mlp_branch(d)), 0.0, (1, d))
-    add(f"magnitude 1e4 input, Linear-ReLU-Linear branch of width {d}, alpha_init=0.1",
-        _seeded(rng, lambda: _mlp_branch(d)), 0.1, (n, d), scale=1e4)
-    add(f"float32 branch and input, width {d}, alpha_init=0.3", _seeded(rng, lambda: _mlp_branch(d), torch.float32),
-        0.3, (n, d), dtype=torch.float32, **FLOAT32_TORCH_TOL)
+    add(f"magnitude 1e4 input, Linear-ReLU-Linear branch of width {d}, alpha_init=0.125",
+        _seeded(rng, lambda: _mlp_branch(d)), 0.125, (n, d), scale=1e4)
+    add(f"float32 branch and input, width {d}, alpha_init=0.375", _seeded(rng, lambda: _mlp_branch(d), torch.float32),
+        0.375, (n, d), dtype=torch.float32, **FLOAT32_TORCH_TOL)
     return cases
 
 
@@ -608,9 +613,10 @@ def _raw_ratios(model, loss_fn, batch, eps, exclude) -> np.ndarray:
 
 
 def _threshold_among(rng, model, loss_fn, batch, eps=1e-3, exclude=()) -> float:
-    """A threshold between the unit-wise ratios (a random quantile in [0.3, 0.7], to 3 significant digits,
-    so no unit sits within rounding of it): some units are clipped, some are not."""
-    value = float(np.quantile(_raw_ratios(model, loss_fn, batch, eps, exclude), rng.uniform(0.3, 0.7)))
+    """A threshold between the nonzero unit-wise ratios (a random quantile in [0.3, 0.7], to 3 significant
+    digits, so no unit sits within rounding of it): some units are clipped, some are not."""
+    ratios = _raw_ratios(model, loss_fn, batch, eps, exclude)
+    value = float(np.quantile(ratios[ratios > 0], rng.uniform(0.3, 0.7)))
     return float(f"{value:.3g}")
 
 
@@ -663,7 +669,8 @@ def agc_backward_cases(rng: np.random.Generator) -> list[Case]:
             for layer in (model.fc1, model.fc2, model.head):
                 layer.bias.zero_()
         return model
-    add("zero-initialized head and zero biases (Fixup-style: the floor eps applies to those units)",
+    add("zero-initialized head and zero biases (Fixup-style: the floor eps applies to the head's units; every "
+        "other layer gets a zero gradient, never clipped)",
         _seeded(rng, fixup_like), cross_entropy, _classification(rng, n, d_in, classes))
 
     def frozen():

@@ -1,0 +1,965 @@
+"""Autograded parts of problem set 8 (training without normalization) and its notebook.
+
+For every Part: wrong implementations (mistakes the course warns about) are listed in ``WRONG``, keyed
+by ``(problem_set, grade_id)`` like the tables of the other sets, and each must fail naming a case; the
+hidden parts cover the promised edge cases (zero units where the formula has an eps, a unit exactly at
+the clipping threshold, magnitude 1e4, float32, non-contiguous arrays, linear and convolution shapes);
+visible parts replay exactly the calls of their visible cell (recorded), hidden parts draw their cases
+from ``rng``; every autograded cell of the notebook is backed by a Part of the same points. The
+experiment's property checks accept the solution and reject wrong experiments. For the notebook: the
+solution functions pass their Parts, the visible tests pass on the solution and fail on the release's
+stubs, the release leaks nothing, the stated totals add up, every instruction cell is locked and no test
+cell has a bare ``assert``.
+
+The notebook checks run the notebook's code cells in this process (no kernel), which takes seconds;
+the full nbgrader round trip (autograde gives full marks / zero) is the gate's job.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import copy
+import functools
+import io
+import math
+import pickle
+import re
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import normcourse.reference as ref  # noqa: E402
+from normcourse.grading.compare import GradingError  # noqa: E402
+from normcourse.grading.parts import get_part, parts_of, provided_modules  # noqa: E402
+from normcourse.grading.rules import NO_TORCH  # noqa: E402
+from normcourse.lab import normalization_free as nf  # noqa: E402
+from normcourse.problems import ps08_normalization_free as ps08  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+PS = "ps08_normalization_free"
+PARTS = parts_of(PS)
+HIDDEN_PARTS = [p for p in PARTS if p.grade_id.endswith("_hidden")]
+VISIBLE_PARTS = [p for p in PARTS if not p.grade_id.endswith("_hidden")]
+REFERENCE_PARTS = [p for p in PARTS if p.reference is not None]
+
+
+def _ids(parts):
+    return [p.grade_id for p in parts]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Wrong implementations, one list per Part. The first entry of a learner function is its most
+# plausible mistake.
+
+# Weight Standardization.
+def _unit_axes(w):
+    return tuple(range(1, np.ndim(w)))
+
+
+def _ws_released_code(weight, eps=1e-5):
+    """The authors' released code: the unbiased standard deviation, eps added to it."""
+    w = np.asarray(weight, dtype=np.float64)
+    axes = _unit_axes(w)
+    centered = w - w.mean(axis=axes, keepdims=True)
+    return (centered / (w.std(axis=axes, ddof=1, keepdims=True) + eps)).astype(np.asarray(weight).dtype)
+
+
+def _ws_per_input(weight, eps=1e-5):
+    """Statistics over the output units (axis 0) instead of within each unit."""
+    w = np.asarray(weight, dtype=np.float64)
+    centered = w - w.mean(axis=0, keepdims=True)
+    return (centered / np.sqrt((centered ** 2).mean(axis=0, keepdims=True) + eps)).astype(np.asarray(weight).dtype)
+
+
+def _ws_whole_tensor(weight, eps=1e-5):
+    w = np.asarray(weight, dtype=np.float64)
+    return ((w - w.mean()) / np.sqrt(w.var() + eps)).astype(np.asarray(weight).dtype)
+
+
+def _ws_float64_out(weight, eps=1e-5):
+    """Right values, returned in float64 whatever the input dtype."""
+    return ref.weight_standardization(np.asarray(weight, dtype=np.float64), eps)
+
+
+def _ws_in_place(weight, eps=1e-5):
+    """Right values, but centres the caller's array in place."""
+    w = np.asarray(weight)
+    axes = _unit_axes(w)
+    w -= w.mean(axis=axes, keepdims=True)
+    return (w / np.sqrt((w.astype(np.float64) ** 2).mean(axis=axes, keepdims=True) + eps)).astype(w.dtype)
+
+
+# Scaled Weight Standardization.
+def _sws_with(*, sqrt_n=True, eps_added=False, ddof=0, gain_last_axis=False, use_gamma=True):
+    def scaled_weight_standardization(weight, gain=None, gamma=1.0, eps=1e-4):
+        w = np.asarray(weight, dtype=np.float64)
+        axes = _unit_axes(w)
+        n = w[0].size
+        centered = w - w.mean(axis=axes, keepdims=True)
+        var = centered.var(axis=axes, ddof=ddof, keepdims=True) if ddof else (centered ** 2).mean(axis=axes,
+                                                                                                 keepdims=True)
+        spread = n * var if sqrt_n else var
+        scale = (gamma if use_gamma else 1.0) / np.sqrt(spread + eps if eps_added else np.maximum(spread, eps))
+        if gain is not None:
+            g = np.asarray(gain, dtype=np.float64)
+            scale = scale * (g if gain_last_axis else g.reshape((-1,) + (1,) * (w.ndim - 1)))
+        return (centered * scale).astype(np.asarray(weight).dtype)
+    return scaled_weight_standardization
+
+
+# Unit-wise norms.
+def _norm_no_keepdims(x):
+    a = np.asarray(x, dtype=np.float64)
+    axes = _unit_axes(a) if a.ndim >= 2 else tuple(range(a.ndim))
+    return np.sqrt((a ** 2).sum(axis=axes)).astype(np.asarray(x).dtype)
+
+
+def _norm_vector_per_element(x):
+    """A bias vector treated as one unit per element."""
+    a = np.asarray(x)
+    return np.abs(a) if a.ndim < 2 else ref.unitwise_norm(a)
+
+
+def _norm_squared(x):
+    return np.square(ref.unitwise_norm(np.asarray(x, dtype=np.float64))).astype(np.asarray(x).dtype)
+
+
+def _norm_over_axis0(x):
+    a = np.asarray(x, dtype=np.float64)
+    return np.sqrt((a ** 2).sum(axis=0, keepdims=True)).astype(np.asarray(x).dtype)
+
+
+# Adaptive gradient clipping.
+def _agc_with(*, floor=True, eps_added=False, always=False, whole=False, elementwise=False, in_place=False):
+    def adaptive_clip_grad(grad, weight, clipping=0.01, eps=1e-3):
+        g, w = np.asarray(grad), np.asarray(weight, dtype=np.float64)
+        g64 = g.astype(np.float64)
+        if elementwise:
+            axes = ()
+        elif whole:
+            axes = tuple(range(g.ndim))
+        else:
+            axes = _unit_axes(g) if g.ndim >= 2 else tuple(range(g.ndim))
+        g_norm = np.sqrt((g64 ** 2).sum(axis=axes, keepdims=True))
+        w_norm = np.sqrt((w ** 2).sum(axis=axes, keepdims=True))
+        if eps_added:
+            w_norm = w_norm + eps
+        elif floor:
+            w_norm = np.maximum(w_norm, eps)
+        max_norm = clipping * w_norm
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = max_norm / g_norm if always else np.where(g_norm > max_norm, max_norm / g_norm, 1.0)
+        if in_place:
+            g *= scale.astype(g.dtype)
+            return g
+        return np.asarray(g64 * scale).astype(g.dtype)
+    return adaptive_clip_grad
+
+
+# Dynamic Tanh backward.
+def _dyt_with(*, alpha_in_dx=True, gamma_in_dalpha=True, dweight_all=False, slope_with_alpha=True,
+              float_dalpha=False):
+    def dynamic_tanh_backward(dy, x, alpha, weight=None, bias=None):
+        dtype = np.asarray(x).dtype
+        x64, g = np.asarray(x, dtype=np.float64), np.asarray(dy, dtype=np.float64)
+        a = float(np.asarray(alpha).reshape(()))
+        t = np.tanh(a * x64)
+        slope = 1 - t * t if slope_with_alpha else 1 - np.tanh(x64) ** 2
+        g_gamma = g * weight if weight is not None else g
+        dx = (g_gamma * (a if alpha_in_dx else 1.0) * slope).astype(dtype)
+        dalpha_value = np.sum((g_gamma if gamma_in_dalpha else g) * x64 * slope)
+        dalpha = float(dalpha_value) if float_dalpha else np.array([dalpha_value]).astype(dtype)
+        dweight = dbias = None
+        if weight is not None:
+            axes = tuple(range(x64.ndim)) if dweight_all else tuple(range(x64.ndim - np.ndim(weight)))
+            dweight = (g * t).sum(axis=axes).astype(dtype)
+        if bias is not None:
+            dbias = g.sum(axis=tuple(range(x64.ndim - np.ndim(bias)))).astype(dtype)
+        return dx, dalpha, dweight, dbias
+    return dynamic_tanh_backward
+
+
+# SkipInit: wrong classes, graded through the notebook's driver.
+class _SkipInitCopies(nn.Module):
+    """Wraps a deep copy of the branch: the caller's branch never sees a gradient."""
+
+    def __init__(self, branch, alpha_init=0.0):
+        super().__init__()
+        self.branch = copy.deepcopy(branch)
+        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+
+    def forward(self, x):
+        return x + self.alpha * self.branch(x)
+
+
+class _SkipInitPlainTensor(nn.Module):
+    """alpha a tensor that requires grad, but not a registered parameter (an optimizer never sees it)."""
+
+    def __init__(self, branch, alpha_init=0.0):
+        super().__init__()
+        self.branch = branch
+        self.alpha = torch.tensor(float(alpha_init), requires_grad=True)
+
+    def forward(self, x):
+        return x + self.alpha.to(x.dtype) * self.branch(x)
+
+
+class _SkipInitFloat(nn.Module):
+    """alpha a Python float: nothing to learn."""
+
+    def __init__(self, branch, alpha_init=0.0):
+        super().__init__()
+        self.branch, self.alpha = branch, float(alpha_init)
+
+    def forward(self, x):
+        return x + self.alpha * self.branch(x)
+
+
+class _SkipInitIgnoresInit(nn.Module):
+    def __init__(self, branch, alpha_init=0.0):
+        super().__init__()
+        self.branch = branch
+        self.alpha = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x):
+        return x + self.alpha * self.branch(x)
+
+
+class _SkipInitScalesSkip(nn.Module):
+    """alpha on the skip path: alpha x + f(x)."""
+
+    def __init__(self, branch, alpha_init=0.0):
+        super().__init__()
+        self.branch = branch
+        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+
+    def forward(self, x):
+        return self.alpha * x + self.branch(x)
+
+
+class _SkipInitResetsBranch(nn.Module):
+    """Fixup-style: zeroes the branch's last layer as well (changes the caller's parameters)."""
+
+    def __init__(self, branch, alpha_init=0.0):
+        super().__init__()
+        self.branch = branch
+        last = [m for m in branch.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+
+    def forward(self, x):
+        return x + self.alpha * self.branch(x)
+
+
+class _SkipInitTrainsBranch(nn.Module):
+    """Puts the branch into training mode."""
+
+    def __init__(self, branch, alpha_init=0.0):
+        super().__init__()
+        self.branch = branch.train()
+        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+
+    def forward(self, x):
+        return x + self.alpha * self.branch(x)
+
+
+def _driver(skip_init_class):
+    """The notebook's run_skip_init with a wrong class inside."""
+    def run_skip_init(branch, alpha_init, x, dy):
+        return ps08.skip_init_driver(skip_init_class, branch, alpha_init, x, dy)
+    run_skip_init.__name__ = f"run_skip_init_with{skip_init_class.__name__}"
+    return run_skip_init
+
+
+# AGC on a model.
+def _agc_backward_with(*, clear=True, respect_exclude=True, floor=True, mode=False, tensor_share=False,
+                       per_parameter=False, step=False):
+    def agc_backward(model, loss_fn, batch, clipping=0.01, eps=1e-3, exclude=()):
+        x, y = batch
+        if mode:
+            model.train()
+        if clear:
+            for p in model.parameters():
+                p.grad = None
+        loss_fn(model(x), y).backward()
+        clipped = units = 0
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.grad is None or (respect_exclude and name in exclude):
+                    continue
+                dims = tuple(range(1, p.dim())) if p.dim() >= 2 else tuple(range(p.dim()))
+                g_norm = p.grad.pow(2).sum(dim=dims, keepdim=True).sqrt()
+                w_norm = p.pow(2).sum(dim=dims, keepdim=True).sqrt()
+                max_norm = clipping * (w_norm.clamp(min=eps) if floor else w_norm)
+                clip = g_norm > max_norm
+                p.grad.mul_(torch.where(clip, max_norm / torch.where(clip, g_norm, torch.ones_like(g_norm)),
+                                        torch.ones_like(g_norm)))
+                if step:
+                    p.sub_(0.1 * p.grad)
+                if per_parameter:
+                    clipped, units = clipped + int(clip.any()), units + 1
+                else:
+                    clipped, units = clipped + int(clip.sum()), units + clip.numel()
+        share = clipped / units if units else 0.0
+        return torch.tensor(share) if tensor_share else share
+    return agc_backward
+
+
+# The experiment, written with the course's SkipInit and AGC (a learner uses their own).
+def residual_mlp(seed, skipinit, depth=8, width=32, in_dim=64, classes=10):
+    """The notebook's residual_mlp, with the lab's SkipInit."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def linear(n_in, n_out, gain):
+        layer = nn.Linear(n_in, n_out)
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(n_out, n_in, generator=generator) * (gain / n_in) ** 0.5)
+            layer.bias.zero_()
+        return layer
+
+    layers = [("stem", linear(in_dim, width, 1.0))]
+    for l in range(depth):
+        block = nf.SkipInit(nn.Sequential(linear(width, width, 1.0), nn.ReLU(), linear(width, width, 2.0)),
+                            alpha_init=0.0 if skipinit else 1.0)
+        block.alpha.requires_grad_(skipinit)
+        layers.append((f"block{l + 1}", block))
+    layers.append(("head", linear(width, classes, 1.0)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+HEAD = ("head.weight", "head.bias")
+
+
+def _training_with(*, swap=False, record_after=False, agc_network="plain", agc_step=True):
+    """residual_training with one switchable mistake (the course's SkipInit and AGC inside)."""
+    def residual_training(x, y, seeds=(0, 1, 2), lr=0.05, steps=40, clipping=0.02):
+        result = {k: np.full((len(seeds), steps), np.nan) for k in ps08.EXPERIMENT_KEYS}
+        networks = {"plain": swap, "skipinit": not swap, "agc": agc_network == "skipinit"}
+        for i, seed in enumerate(seeds):
+            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+            for variant, skipinit in networks.items():
+                model = residual_mlp(seed, skipinit=skipinit)
+                optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+                for t in range(steps):
+                    index = order[(t * 64 + torch.arange(64)) % len(x)]
+                    xb, yb = x[index], y[index]
+                    optimizer.zero_grad()
+                    loss = F.cross_entropy(model(xb), yb)
+                    if not torch.isfinite(loss):
+                        break
+                    loss.backward()
+                    if variant == "agc":
+                        chosen = [p for n, p in model.named_parameters() if n not in HEAD]
+                        result["agc_clipped"][i, t] = nf.adaptive_clip_grad_(chosen, clipping)
+                    if variant != "agc" or agc_step:
+                        optimizer.step()
+                    if record_after:
+                        with torch.no_grad():
+                            loss = F.cross_entropy(model(xb), yb)
+                    result[variant][i, t] = loss.item()
+        return result
+    return residual_training
+
+
+WRONG = {
+    (PS, "skip_init"): [_driver(_SkipInitCopies), _driver(_SkipInitPlainTensor), _driver(_SkipInitScalesSkip)],
+    (PS, "skip_init_hidden"): [_driver(_SkipInitCopies), _driver(_SkipInitPlainTensor), _driver(_SkipInitFloat),
+                               _driver(_SkipInitIgnoresInit), _driver(_SkipInitScalesSkip),
+                               _driver(_SkipInitResetsBranch), _driver(_SkipInitTrainsBranch)],
+    (PS, "weight_standardization"): [_ws_released_code, _ws_per_input, _ws_float64_out],
+    (PS, "weight_standardization_hidden"): [_ws_released_code, _ws_per_input, _ws_whole_tensor, _ws_float64_out,
+                                            _ws_in_place],
+    (PS, "scaled_weight_standardization"): [_sws_with(sqrt_n=False), _sws_with(eps_added=True),
+                                            _sws_with(gain_last_axis=True)],
+    (PS, "scaled_weight_standardization_hidden"): [_sws_with(sqrt_n=False), _sws_with(eps_added=True),
+                                                   _sws_with(gain_last_axis=True), _sws_with(ddof=1),
+                                                   _sws_with(use_gamma=False)],
+    (PS, "unitwise_norm"): [_norm_no_keepdims, _norm_vector_per_element, _norm_squared],
+    (PS, "unitwise_norm_hidden"): [_norm_no_keepdims, _norm_vector_per_element, _norm_squared, _norm_over_axis0],
+    (PS, "adaptive_clip_grad"): [_agc_with(floor=False), _agc_with(always=True), _agc_with(in_place=True)],
+    (PS, "adaptive_clip_grad_hidden"): [_agc_with(floor=False), _agc_with(always=True), _agc_with(whole=True),
+                                        _agc_with(eps_added=True), _agc_with(elementwise=True),
+                                        _agc_with(in_place=True)],
+    (PS, "agc_backward"): [_agc_backward_with(clear=False), _agc_backward_with(respect_exclude=False),
+                           _agc_backward_with(tensor_share=True), _agc_backward_with(step=True)],
+    (PS, "agc_backward_hidden"): [_agc_backward_with(clear=False), _agc_backward_with(respect_exclude=False),
+                                  _agc_backward_with(floor=False), _agc_backward_with(mode=True),
+                                  _agc_backward_with(tensor_share=True), _agc_backward_with(per_parameter=True),
+                                  _agc_backward_with(step=True)],
+    (PS, "dynamic_tanh_backward"): [_dyt_with(alpha_in_dx=False), _dyt_with(gamma_in_dalpha=False),
+                                    _dyt_with(float_dalpha=True)],
+    (PS, "dynamic_tanh_backward_hidden"): [_dyt_with(alpha_in_dx=False), _dyt_with(gamma_in_dalpha=False),
+                                           _dyt_with(dweight_all=True), _dyt_with(slope_with_alpha=False),
+                                           _dyt_with(float_dalpha=True)],
+    (PS, "residual_training"): [_training_with(swap=True), _training_with(agc_network="skipinit"),
+                                _training_with(record_after=True), _training_with(agc_step=False)],
+}
+
+#: The same mistakes keyed by the name the learner writes (the layout of ``tests/grading/wrong/<set>.py``):
+#: ``run_skip_init`` is the course's driver, the learner writes ``SkipInit``.
+WRONG_BY_NAME = {
+    "SkipInit": [_SkipInitCopies, _SkipInitPlainTensor, _SkipInitFloat, _SkipInitIgnoresInit, _SkipInitScalesSkip,
+                 _SkipInitResetsBranch, _SkipInitTrainsBranch],
+    **{get_part(*key).function: fns for key, fns in WRONG.items()
+       if key[1].endswith("_hidden") and get_part(*key).function != "run_skip_init"},
+    "residual_training": WRONG[(PS, "residual_training")],
+}
+#: The experiment runs the learner's SkipInit and agc_backward by design: a bug there may cost it too.
+USES = {"residual_training": ("SkipInit", "agc_backward")}
+
+
+def test_every_part_has_wrong_implementations():
+    assert {key for key in WRONG if key[0] == PS} == {(PS, p.grade_id) for p in PARTS}
+    assert all(len(fns) >= 1 for fns in WRONG.values())
+
+
+WRONG_CASES = [(key, fn) for key, fns in WRONG.items() for fn in fns]
+
+
+@pytest.mark.parametrize("key, wrong", WRONG_CASES,
+                         ids=[f"{k[1]}:{getattr(f, '__name__', 'fn')}-{i}" for i, (k, f) in enumerate(WRONG_CASES)])
+def test_wrong_implementation_fails_naming_the_case(key, wrong):
+    part = get_part(*key)
+    with pytest.raises(GradingError) as info:
+        part.check(wrong)
+    message = str(info.value)
+    assert any(repr(case.label) in message for case in part.make_cases()), f"message names no case: {message}"
+
+
+def test_correct_variants_pass():
+    """Implementations written differently from the solution earn the points."""
+    def agc_scalar_result(grad, weight, clipping=0.01, eps=1e-3):  # returns numpy scalars for 0-d input
+        g, w = np.asarray(grad, dtype=np.float64), np.asarray(weight, dtype=np.float64)
+        axes = _unit_axes(g) if g.ndim >= 2 else tuple(range(g.ndim))
+        g_norm = np.linalg.norm(g.reshape(g.shape[0], -1) if g.ndim >= 2 else g.reshape(1, -1), axis=1)
+        w_norm = np.linalg.norm(w.reshape(w.shape[0], -1) if w.ndim >= 2 else w.reshape(1, -1), axis=1)
+        with np.errstate(divide="ignore"):
+            scale = np.minimum(1.0, clipping * np.maximum(w_norm, eps) / g_norm)   # inf for a zero gradient
+        shape = (-1,) + (1,) * (g.ndim - 1) if g.ndim >= 2 else np.shape(np.sum(g, axis=axes, keepdims=True))
+        return (g * scale.reshape(shape)).astype(np.asarray(grad).dtype)
+
+    def sws_via_ws(weight, gain=None, gamma=1.0, eps=1e-4):  # float32 arithmetic for float32 input
+        w = np.asarray(weight)
+        flat = w.reshape(w.shape[0], -1)
+        centered = flat - flat.mean(axis=1, keepdims=True)
+        norm = np.sqrt(np.maximum((centered ** 2).sum(axis=1, keepdims=True), eps))
+        g = 1.0 if gain is None else np.asarray(gain).reshape(-1, 1)
+        return (gamma * g * centered / norm).astype(w.dtype).reshape(w.shape)
+
+    class SkipInitVector(nn.Module):  # alpha of shape (1,), multiplied on the other side
+        def __init__(self, branch, alpha_init=0.0):
+            super().__init__()
+            self.branch = branch
+            self.alpha = nn.Parameter(torch.full((1,), float(alpha_init), dtype=torch.float64))
+
+        def forward(self, x):
+            return self.branch(x) * self.alpha + x
+
+    def agc_backward_zero_grad(model, loss_fn, batch, clipping=0.01, eps=1e-3, exclude=()):
+        model.zero_grad(set_to_none=False)
+        loss_fn(model(batch[0]), batch[1]).backward()
+        params = [p for n, p in model.named_parameters() if n not in exclude and p.grad is not None]
+        clipped = total = 0
+        for p in params:
+            g, w = p.grad.detach().numpy(), p.detach().numpy()
+            new = agc_scalar_result(g, w, clipping, eps)
+            flat_new = np.reshape(new, (g.shape[0], -1) if g.ndim >= 2 else (1, -1))
+            flat_old = np.reshape(g, flat_new.shape)
+            clipped += int(np.sum(np.any(flat_new != flat_old, axis=1)))
+            total += flat_new.shape[0]
+            p.grad.copy_(torch.from_numpy(np.asarray(new)))
+        return clipped / total if total else 0.0
+
+    for grade_id, fn in [("adaptive_clip_grad_hidden", agc_scalar_result),
+                         ("adaptive_clip_grad", agc_scalar_result),
+                         ("scaled_weight_standardization_hidden", sws_via_ws),
+                         ("skip_init_hidden", _driver(SkipInitVector)),
+                         ("agc_backward_hidden", agc_backward_zero_grad),
+                         ("agc_backward", agc_backward_zero_grad)]:
+        assert get_part(PS, grade_id).check(fn) > 0, grade_id
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parts and cases.
+
+def test_rules_per_part():
+    """Numpy parts are graded without torch; torch parts may use it; the notebook hands the learner the
+    digits loader and nothing else of the course (never the reference, nor lab.normalization_free)."""
+    numpy_parts = {"weight_standardization", "scaled_weight_standardization", "unitwise_norm", "adaptive_clip_grad",
+                   "dynamic_tanh_backward"}
+    for part in PARTS:
+        assert (NO_TORCH in part.forbid) == (part.function in numpy_parts), part.grade_id
+    assert provided_modules(PS) == ("normcourse.lab.models",)
+
+
+@pytest.mark.parametrize("part", REFERENCE_PARTS, ids=_ids(REFERENCE_PARTS))
+def test_reference_passes_quickly(part):
+    """Every case takes well under a second (the grader re-runs every part out of kernel); CPU time, so
+    that a loaded machine does not make this flaky."""
+    torch.set_num_threads(1)
+    start = time.process_time()
+    n = part.check(part.reference)
+    assert n == len(part.make_cases()) > 0
+    assert (time.process_time() - start) / n < 0.2
+
+
+@pytest.mark.parametrize("part", PARTS, ids=_ids(PARTS))
+def test_cases_are_reproducible_labelled_and_salted(part):
+    first, second = part.make_cases(), part.make_cases()
+    assert [c.label for c in first] == [c.label for c in second]
+    assert len({c.label for c in first}) == len(first), "labels must tell cases apart in messages"
+    salted = [part.make_cases(salt=s) for s in (11, 12)]
+    same = all(_same((a.label, a.args, a.kwargs), (b.label, b.args, b.kwargs)) for a, b in zip(*salted))
+    if part in VISIBLE_PARTS:
+        assert same and len(salted[0]) == len(salted[1]), "a visible Part replays fixed inputs, whatever the salt"
+    else:
+        assert not same, "a hidden Part draws its cases from rng (the re-check's salt must change them)"
+
+
+REQUIRED_EDGES = {
+    "skip_init_hidden": ["alpha_init=0 (the identity", "Linear-ReLU-Linear", "convolutional branch",
+                         "BatchNorm1d in evaluation mode", "called twice on the same branch", "batch size 1",
+                         "magnitude 1e4", "float32"],
+    "weight_standardization_hidden": ["linear weight", "conv1d weight", "conv2d weight", "1x1 convolution",
+                                      "a single output unit", "fan-in 1", "constant input", "all-zero",
+                                      "magnitude 1e4", "float32", "non-contiguous", "eps="],
+    "scaled_weight_standardization_hidden": ["linear weight", "conv2d weight", "a gain", "no gain",
+                                             "negative gains", "nearly constant unit", "constant input", "all-zero",
+                                             "magnitude 1e4", "float32", "non-contiguous"],
+    "unitwise_norm_hidden": ["linear weight", "conv1d weight", "conv2d weight", "conv3d weight", "a bias vector",
+                             "a scalar", "zero unit", "magnitude 1e4", "float32", "non-contiguous"],
+    "adaptive_clip_grad_hidden": ["linear weight", "conv2d weight", "zero weights", "zero gradient",
+                                  "all-zero gradient and weight", "exactly at the threshold",
+                                  "just above and just below", "zero-initialized (one unit", "a scalar parameter",
+                                  "no unit clipped", "every unit clipped", "magnitude 1e4", "float32",
+                                  "non-contiguous"],
+    "agc_backward_hidden": ["random MLP", "convolutional network", "called twice on the same model",
+                            "zero-initialized head", "frozen first layer", "evaluation mode", "PReLU",
+                            "magnitude 1e4", "batch size 1", "mse_loss", "no unit clipped", "every unit clipped",
+                            "float32", "eps=", "exclude=['head.weight']", "nothing excluded"],
+    "dynamic_tanh_backward_hidden": ["last 1 axes", "last 2 axes", "alpha [0.]", "negative alpha", "batch size 1",
+                                     "constant input", "magnitude 1e4", "float32", "non-contiguous"],
+}
+
+
+def test_every_hidden_part_lists_its_edge_cases():
+    assert {p.grade_id for p in HIDDEN_PARTS} == set(REQUIRED_EDGES)
+
+
+@pytest.mark.parametrize("part", HIDDEN_PARTS, ids=_ids(HIDDEN_PARTS))
+def test_cases_cover_edge_cases(part):
+    labels = " | ".join(case.label for case in part.make_cases())
+    for edge in REQUIRED_EDGES[part.grade_id]:
+        assert edge in labels, f"{part.grade_id}: no {edge!r} case among: {labels}"
+
+
+def _cases(grade_id):
+    return {c.label: c for c in get_part(PS, grade_id).make_cases()}
+
+
+def _find(cases, start):
+    return next(c for label, c in cases.items() if label.startswith(start))
+
+
+def test_edge_cases_really_are_edge_cases():
+    """The labels do not lie (spot checks on the inputs behind them)."""
+    agc = _cases("adaptive_clip_grad_hidden")
+    g, w, clipping = _find(agc, "a unit exactly at the threshold").args
+    ratios = ref.agc_ratio(g, w).ravel()
+    assert ratios[0] == clipping and ratios[1] == 2 * clipping  # exact in float64, by construction
+    g, w, clipping = _find(agc, "zero weights").args[:3]
+    assert not w[0].any() and not w[3].any() and g[0].any() and g[3].any()
+    assert ref.agc_ratio(g, w)[0, 0] > clipping > ref.agc_ratio(g, w)[3, 0]
+    g, w, clipping = _find(agc, "zero gradient").args
+    assert not g[1].any() and g[0].any()
+    assert _find(agc, "a scalar parameter").args[1].shape == ()
+    args = _find(agc, "float32").args
+    assert args[0].dtype == args[1].dtype == np.float32
+    args = _find(agc, "non-contiguous").args
+    assert not args[0].flags.c_contiguous and not args[1].flags.c_contiguous
+    assert np.abs(_find(agc, "magnitude 1e4").args[1]).max() > 1e3
+    for label, case in agc.items():  # the random cases really have units on both sides of the threshold
+        if label.startswith("random"):
+            r = ref.agc_ratio(*case.args[:2], *case.args[3:]).ravel()
+            assert (r > case.args[2]).any() and (r <= case.args[2]).any(), label
+    ws = _cases("weight_standardization_hidden")
+    w = _find(ws, "constant input").args[0]
+    assert np.ptp(w[0]) == 0 and np.ptp(w[1]) > 0
+    sws = _cases("scaled_weight_standardization_hidden")
+    w = _find(sws, "nearly constant unit").args[0]
+    assert 0 < w[1].size * w[1].var() < 1e-4 < w[0].size * w[0].var()
+    for grade_id in ("skip_init_hidden", "agc_backward_hidden"):
+        cases = _cases(grade_id)
+        assert all(c.state_of == (0,) for c in cases.values()), "every torch case checks the module after the call"
+        assert any(c.repeat == 2 for c in cases.values())
+    model_cases = _cases("agc_backward_hidden")
+    assert not _find(model_cases, "model in evaluation mode").args[0].training
+    frozen = _find(model_cases, "frozen first layer").args[0]
+    assert not any(p.requires_grad for p in frozen.fc1.parameters())
+    case = _find(model_cases, "zero-initialized head")
+    zero = case.args[0]
+    assert not zero.head.weight.any() and not zero.fc1.bias.any()
+    twin = copy.deepcopy(zero)
+    F.cross_entropy(twin(case.args[2][0]), case.args[2][1]).backward()
+    assert not twin.fc1.weight.grad.any() and twin.head.weight.grad.any()
+    for label, case in model_cases.items():  # a threshold placed among the ratios clips some units, not all
+        if label.startswith("random MLP"):
+            model, loss_fn, batch, clipping = case.args[:4]
+            eps = case.args[4] if len(case.args) > 4 else 1e-3
+            r = ps08._raw_ratios(model, loss_fn, batch, eps, case.kwargs.get("exclude", ()))
+            assert clipping > 0 and (r > clipping).any() and (r <= clipping).any(), label
+    assert all(c.args[3] > 0 for c in model_cases.values()), "AGC's threshold is positive"
+    assert _find(_cases("skip_init_hidden"), "float32").args[2].dtype == torch.float32
+
+
+def test_case_arguments_need_no_course_module_but_the_provided_ones():
+    """The re-check process that calls learner code has only numpy, torch and the provided modules."""
+    allowed = ("numpy", "torch", "builtins", "functools", "collections", "copyreg", "_codecs")
+    allowed += provided_modules(PS)
+    for part in PARTS:
+        for case in part.make_cases():
+            modules = set()
+
+            class Recorder(pickle.Pickler):
+                def reducer_override(self, obj):
+                    if isinstance(obj, type) or callable(obj):
+                        module = getattr(obj, "__module__", None)
+                        if module:
+                            modules.add(module)
+                    modules.add(type(obj).__module__)
+                    return NotImplemented
+
+            Recorder(io.BytesIO()).dump((case.args, case.kwargs))
+            bad = {m for m in modules if not m.startswith(allowed)}
+            assert not bad, f"{part.grade_id}, case {case.label!r}: its arguments need {sorted(bad)}"
+
+
+TORCH_PARTS = [p for p in REFERENCE_PARTS if NO_TORCH not in p.forbid]
+
+
+@pytest.mark.parametrize("part", TORCH_PARTS, ids=_ids(TORCH_PARTS))
+def test_results_do_not_depend_on_the_thread_count(part):
+    """The out-of-kernel re-check may run with another thread count than the learner's kernel."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = [part.expected(case) for case in part.make_cases()]
+        torch.set_num_threads(2)
+        for case, expected in zip(part.make_cases(), single):
+            part.judge(expected, case)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_agc_reference_agrees_with_the_numpy_reference():
+    """The torch reference of agc_backward clips exactly as ref.adaptive_clip_grad does, unit by unit."""
+    case = next(iter(_cases("agc_backward_hidden").values()))
+    model, loss_fn, batch, clipping = case.args[:4]
+    exclude = case.kwargs.get("exclude", ())
+    twin = copy.deepcopy(model)
+    loss_fn(twin(batch[0]), batch[1]).backward()
+    ps08.agc_backward_reference(model, loss_fn, batch, clipping, exclude=exclude)
+    for (name, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
+        expected = q.grad.numpy() if name in exclude else ref.adaptive_clip_grad(q.grad.numpy(), q.detach().numpy(),
+                                                                                 clipping)
+        np.testing.assert_allclose(p.grad.numpy(), expected, rtol=1e-12, atol=1e-15)  # same math, float64
+
+
+def test_skip_init_reference_is_the_formula():
+    """The lab's SkipInit through the driver: y = x + alpha f(x) and its gradients, by hand."""
+    branch, (x, dy) = ps08.demo_branch(), ps08.demo_inputs()
+    with torch.no_grad():
+        f_x = ps08.demo_branch()(x)
+    out = ps08.run_skip_init_reference(branch, 0.375, x, dy)  # exact in float32, torch's default dtype
+    np.testing.assert_allclose(out["output"], (x + 0.375 * f_x).numpy(), rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(out["alpha gradient"], float((dy * f_x).sum()), rtol=1e-12)
+    assert out["alpha"] == 0.375 and int(out["number of parameter tensors (the branch's and alpha)"]) == 5
+
+
+# ---------------------------------------------------------------------------------------------------
+# The experiment's property checks.
+
+@functools.lru_cache(maxsize=None)
+def _course_experiment() -> dict:
+    data = ps08.load_digits_tensors()
+    torch.set_num_threads(1)
+    return _training_with()(data.x_train, data.y_train, ps08.EXPERIMENT_SEEDS, lr=ps08.EXPERIMENT_LR,
+                            steps=ps08.EXPERIMENT_STEPS, clipping=ps08.EXPERIMENT_CLIPPING)
+
+
+def _judge_experiment(result):
+    ps08.training_properties(result, None, name="residual_training(...)", label="the experiment")
+
+
+def test_the_course_experiment_passes_with_margin():
+    """The measured numbers the thresholds rest on: the plain network diverges within a few steps, SkipInit
+    and AGC end far below their start (ratios around 0.06 and 0.1 to 0.3), SkipInit starts several
+    times below the plain network."""
+    result = _course_experiment()
+    _judge_experiment(result)
+    plain, skip, agc = result["plain"], result["skipinit"], result["agc"]
+    assert (np.argmax(np.isnan(plain), axis=1) <= 8).all()
+    assert (skip[:, -10:].mean(1) / skip[:, 0]).max() < 0.2
+    assert (agc[:, -10:].mean(1) / agc[:, 0]).max() < 0.4
+    assert (plain[:, 0] / skip[:, 0]).min() > 2 * ps08.START_RATIO
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r.pop("agc_clipped"), "expected a dict with the keys"),
+    (lambda r: r.update(plain=r["plain"][:, :10]), "shape"),
+    (lambda r: r.update(skipinit=np.where(np.arange(40) == 20, np.nan, r["skipinit"])), "step 20"),
+    (lambda r: r.update(plain=np.nan_to_num(r["plain"], nan=1e6)), "never diverged"),
+    (lambda r: r.update(agc=r["agc"][:, ::-1].copy()), "last 10 steps"),
+    (lambda r: r.update(agc_clipped=r["agc_clipped"] * 2), "between 0 and 1"),
+    (lambda r: r.update(plain=r["plain"].tolist()), "float numpy array"),
+])
+def test_the_property_checks_bite(mutate, message):
+    result = copy.deepcopy(_course_experiment())
+    mutate(result)
+    with pytest.raises(GradingError, match=message):
+        _judge_experiment(result)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The notebook: metadata agrees with the Parts, solutions pass, visible tests bite, the release is clean.
+
+HIDDEN_CALL = re.compile(r"""check_part\(["'](?P<ps>\w+)["'], ["'](?P<gid>\w+)["'], (?P<fn>\w+)\)""")
+
+
+def _notebook(folder: str = "solutions"):
+    return nbformat.read(ROOT / folder / PS / f"{PS}.ipynb", as_version=4)
+
+
+def _meta(cell) -> dict:
+    return cell.metadata.get("nbgrader", {})
+
+
+def _autograded(nb):
+    return [c for c in nb.cells if _meta(c).get("grade") and not _meta(c).get("solution") and c.cell_type == "code"]
+
+
+def test_every_autograded_cell_is_backed_by_a_part():
+    parts = {p.grade_id: p for p in PARTS}
+    cells = {_meta(c)["grade_id"]: c for c in _autograded(_notebook())}
+    assert set(cells) == set(parts)
+    for grade_id, cell in cells.items():
+        meta, part = _meta(cell), parts[grade_id]
+        assert meta.get("locked") and float(meta["points"]) == float(part.points), grade_id
+        assert f'"{grade_id}"' in cell.source, f"{grade_id}: the cell names its part"
+        match = HIDDEN_CALL.search(cell.source)
+        if "### BEGIN HIDDEN TESTS" in cell.source or part.reference is None:
+            assert match and (match["ps"], match["gid"], match["fn"]) == (PS, grade_id, part.function)
+        else:
+            assert re.search(rf"\b{part.function}\(", cell.source), f"{grade_id} never calls {part.function}"
+    for part in HIDDEN_PARTS:  # every hidden test has its visible twin
+        assert part.grade_id.removesuffix("_hidden") in cells
+
+
+def test_notebook_metadata_follows_the_conventions():
+    nb = _notebook()
+    ids = [_meta(c)["grade_id"] for c in nb.cells]
+    assert len(ids) == len(set(ids)), "grade_ids must be unique"
+    assert len({c.id for c in nb.cells}) == len(nb.cells)
+    kinds = {"solution_code": 0, "autograded": 0, "written": 0}
+    for cell in nb.cells:
+        meta = _meta(cell)
+        assert meta and meta["schema_version"] == 3, f"cell {cell.id} has no nbgrader metadata"
+        if meta.get("solution"):
+            assert not meta.get("locked")
+            assert "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source
+            if cell.cell_type == "code":
+                assert not meta.get("grade")
+                kinds["solution_code"] += 1
+            else:
+                assert meta.get("grade") and meta["points"] > 0 and "Rubric" in cell.source
+                kinds["written"] += 1
+        elif meta.get("grade"):
+            assert meta.get("locked") and meta["points"] > 0 and cell.cell_type == "code"
+            kinds["autograded"] += 1
+        else:
+            assert meta.get("locked"), f"cell {cell.id} ({meta['grade_id']}) is neither graded nor locked"
+    assert kinds["autograded"] >= 10 and kinds["written"] >= 1 and kinds["solution_code"] >= 7, kinds
+
+
+def test_no_bare_assert_in_a_test_cell():
+    for cell in _autograded(_notebook()):
+        for node in ast.walk(ast.parse(cell.source)):
+            assert not (isinstance(node, ast.Assert) and node.msg is None), \
+                f"{_meta(cell)['grade_id']}: a bare assert at line {node.lineno}"
+
+
+TOTAL = re.compile(r"\*\*Points: (\d+) in total\*\*, (\d+) autograded and (\d+) graded by hand")
+ROW = re.compile(r"^\|\s*(\d)\s*\|\s*(.+?)\s*\|\s*(\d*)\s*\|\s*(\d*)\s*\|\s*(\d*)\s*\|$", re.MULTILINE)
+
+
+def test_the_stated_points_add_up():
+    nb = _notebook()
+    intro = nb.cells[0].source
+    total, auto, hand = (int(v) for v in TOTAL.search(intro).groups())
+    graded = [c for c in nb.cells if _meta(c).get("grade")]
+    assert auto == sum(_meta(c)["points"] for c in graded if not _meta(c).get("solution"))
+    assert hand == sum(_meta(c)["points"] for c in graded if _meta(c).get("solution"))
+    assert total == auto + hand
+    rows = ROW.findall(intro)
+    assert sum(int(v or 0) for row in rows for v in row[2:]) == total, "the table's points add up to the total"
+    points = {_meta(c)["grade_id"]: _meta(c)["points"] for c in graded}
+    for part in PARTS:  # each function's row states its cells' points
+        row = next(r for r in rows if f"`{'SkipInit' if part.function == 'run_skip_init' else part.function}`" in r[1])
+        column = 3 if part.grade_id.endswith("_hidden") else 2
+        assert int(row[column]) == points[part.grade_id], part.grade_id
+
+
+class _Quiet:
+    def write(self, *_):
+        pass
+
+    def flush(self):
+        pass
+
+
+def _run_cells(nb, select, namespace=None, tolerate=False):
+    """Execute the code cells whose metadata satisfies ``select``, in order, in one namespace; with
+    ``tolerate``, a cell that raises is skipped, as in a kernel (a release's "your code here" cells)."""
+    namespace = {"__name__": "__main__"} if namespace is None else namespace
+    for cell in nb.cells:
+        if cell.cell_type == "code" and select(_meta(cell), cell):
+            with contextlib.redirect_stdout(_Quiet()):
+                try:
+                    exec(compile(cell.source, f"<{_meta(cell).get('grade_id')}>", "exec"), namespace)
+                except Exception:
+                    if not tolerate:
+                        raise
+    return namespace
+
+
+def _is_program(meta, cell):
+    """Setup, read-only and solution cells, without the plot (it trains five seeds and draws)."""
+    return not meta.get("grade") and cell.id != "experiment-plot"
+
+
+@functools.lru_cache(maxsize=None)
+def _solution_program() -> dict:
+    threads = torch.get_num_threads()
+    namespace = _run_cells(_notebook(), _is_program)
+    torch.set_num_threads(threads)  # the setup cell pins one thread
+    return namespace
+
+
+def test_solution_functions_pass_their_parts():
+    namespace = _solution_program()
+    for part in PARTS:
+        assert part.check(namespace[part.function]) > 0, part.grade_id
+
+
+def _visible_cells(nb):
+    return [c for c in _autograded(nb) if "BEGIN HIDDEN TESTS" not in c.source]
+
+
+def test_visible_tests_pass_on_the_solution():
+    visible = {_meta(c)["grade_id"] for c in _visible_cells(_notebook())}
+    assert len(visible) >= 5
+    _run_cells(_notebook(), lambda m, c: m.get("grade_id") in visible and m.get("grade_id") != "residual_training",
+               namespace=dict(_solution_program()))
+
+
+def _same(a, b) -> bool:
+    """Equal inputs: arrays and tensors by value and dtype, modules by state and mode."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
+                and a.shape == b.shape and np.array_equal(a, b))
+    if isinstance(a, torch.nn.Module):
+        if not isinstance(b, torch.nn.Module) or type(a) is not type(b):
+            return False
+        sa, sb = a.state_dict(), b.state_dict()
+        return (sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa) and repr(a) == repr(b)
+                and [m.training for m in a.modules()] == [m.training for m in b.modules()])
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("part", [p for p in VISIBLE_PARTS if p.reference is not None],
+                         ids=_ids([p for p in VISIBLE_PARTS if p.reference is not None]))
+def test_visible_parts_replay_the_visible_cells(part):
+    """A visible cell's Part re-checks exactly the calls the cell makes, in the same order: record them."""
+    namespace = _solution_program()
+    calls = []
+    function = namespace[part.function]
+
+    def recorder(*args, **kwargs):
+        inputs = copy.deepcopy((args, kwargs))
+        result = function(*args, **kwargs)
+        calls.append(inputs)
+        return result
+
+    _run_cells(_notebook(), lambda m, c: m.get("grade_id") == part.grade_id,
+               namespace={**namespace, part.function: recorder})
+    expected = [(case.args, case.kwargs) for case in part.make_cases() for _ in range(case.repeat)]
+    assert len(calls) == len(expected), f"the cell makes {len(calls)} calls, the Part {len(expected)}"
+    for i, (call, case) in enumerate(zip(calls, expected)):
+        assert _same(call[0], case[0]) and _same(call[1], case[1]), f"call {i + 1} differs from the Part's case"
+
+
+def test_the_setup_cell_builds_what_the_parts_use():
+    namespace = _solution_program()
+    assert _same(namespace["demo_branch"](), ps08.demo_branch())
+    assert _same(namespace["demo_inputs"](), ps08.demo_inputs())
+    assert _same(namespace["demo_mlp"](), ps08.demo_mlp())
+    assert namespace["RELU_GAMMA"] == ref.RELU_GAMMA
+
+
+def test_the_solution_experiment_passes():
+    namespace = _solution_program()
+    part = get_part(PS, "residual_training")
+    assert part.check(namespace["residual_training"]) == 1
+
+
+def test_visible_tests_fail_on_the_release():
+    release = _notebook("exercises")
+    namespace = _run_cells(release, _is_program, tolerate=True)
+    visible_ids = {_meta(c)["grade_id"] for c in _visible_cells(_notebook())}
+    visible = [c for c in release.cells if _meta(c).get("grade_id") in visible_ids]
+    assert len(visible) == len(visible_ids) >= 5
+    for cell in visible:
+        with pytest.raises((NotImplementedError, GradingError), match="not implemented|^$"):
+            exec(compile(cell.source, _meta(cell)["grade_id"], "exec"), copy.copy(namespace))
+
+
+LEAKS = ["### BEGIN SOLUTION", "### END SOLUTION", "BEGIN HIDDEN TESTS", "Rubric", "Model answer"]
+
+
+def test_release_leaks_nothing_and_keeps_the_structure():
+    source, release = _notebook(), _notebook("exercises")
+    text = "\n".join(cell.source for cell in release.cells)
+    for leak in LEAKS:
+        assert leak not in text, f"the release contains {leak!r}"
+    hidden = [c for c in release.cells if "check_part" in c.source]
+    assert [_meta(c)["grade_id"] for c in hidden] == ["residual_training"], \
+        "only the experiment's visible test calls check_part in the release"
+    graded_source = {_meta(c)["grade_id"]: _meta(c).get("points") for c in source.cells}
+    graded_release = {_meta(c)["grade_id"]: _meta(c).get("points") for c in release.cells}
+    assert graded_source == graded_release, "the release is stale: run normcourse release"
+    for cell in release.cells:
+        meta = _meta(cell)
+        if meta.get("solution") and cell.cell_type == "code" and "def " in cell.source:
+            assert "raise NotImplementedError()" in cell.source and '"""' in cell.source, \
+                "the stub keeps the signature and docstring"
+        if meta.get("solution") and cell.cell_type == "markdown":
+            assert "YOUR ANSWER HERE" in cell.source
