@@ -963,3 +963,38 @@ def test_release_leaks_nothing_and_keeps_the_structure():
                 "the stub keeps the signature and docstring"
         if meta.get("solution") and cell.cell_type == "markdown":
             assert "YOUR ANSWER HERE" in cell.source
+
+
+# ---------------------------------------------------------------------------------------------------
+# One bug costs one part: replace one learner name by its first wrong implementation and score every
+# autograded cell as the grader does (the cell in the namespace, then its Part); only the cells of that
+# name (and the experiment, which uses SkipInit and agc_backward by design) may lose points.
+
+def _grades_name(part, name) -> bool:
+    function = "SkipInit" if part.function == "run_skip_init" else part.function
+    return function == name or name in USES.get(function, ())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(WRONG_BY_NAME))
+def test_one_bug_costs_one_part(name):
+    namespace = _solution_program()  # the learner's functions keep this dict as their globals
+    original = namespace[name]
+    lost = set()
+    try:
+        namespace[name] = WRONG_BY_NAME[name][0]
+        for cell in _autograded(_notebook()):
+            part = get_part(PS, _meta(cell)["grade_id"])
+            try:
+                with contextlib.redirect_stdout(_Quiet()):
+                    exec(compile(cell.source, part.grade_id, "exec"), namespace)
+                    if "BEGIN HIDDEN TESTS" not in cell.source:  # a hidden cell's test is its Part already
+                        part.check(namespace[part.function])
+            except Exception:
+                lost.add(part.grade_id)
+    finally:
+        namespace[name] = original
+    own = {p.grade_id for p in PARTS if _grades_name(p, name) and p.function != "residual_training"}
+    allowed = {p.grade_id for p in PARTS if _grades_name(p, name)}
+    assert own <= lost, f"the wrong {name} keeps the points of {sorted(own - lost)}"
+    assert lost <= allowed, f"the wrong {name} costs the points of {sorted(lost - allowed)} as well"
