@@ -28,6 +28,7 @@ construction; BatchNorm is then evaluated three ways, which separates the ways s
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -41,12 +42,46 @@ from .models import DigitsData, load_digits_tensors, relu_inputs, small_cnn
 from .replicas import (Replicas, ReplicaHistory, replica_accuracy, replica_cross_entropy, replicate,
                        train_replicas)
 
-__all__ = ["Every", "ArmResult", "run_arm", "relu_moments", "unit_inputs", "shift", "landscape",
+__all__ = ["Spread", "Every", "ArmResult", "run_arm", "relu_moments", "unit_inputs", "shift", "landscape",
            "learning_rate_sweep", "GhostBatchNorm2d", "with_ghost_batch_norm", "batch_statistics_accuracy",
            "population_statistics_accuracy", "SweepRow", "batch_size_sweep"]
 
 
 # ---------------------------------------------------------------- arms and recorders
+@dataclass(frozen=True)
+class Spread:
+    r"""Median, minimum and maximum of one quantity over seeds: how a multi-seed result is reported.
+
+    ``format(spread, ".1f")`` (or ``f"{spread:.1f}"``) gives ``"97.5 [94.2, 97.8]"``: the median, then
+    the smallest and largest value in brackets. NaN values (a diverged run) are ignored; if every value
+    is NaN, all three are NaN.
+
+    Example:
+        >>> f"{Spread.of([3.0, 1.0, 2.0]):.1f}"
+        '2.0 [1.0, 3.0]'
+        >>> Spread.of(np.array([[1.0, 4.0], [3.0, 8.0]]), axis=1).median
+        array([2.5, 5.5])
+    """
+
+    median: Any
+    low: Any
+    high: Any
+
+    @classmethod
+    def of(cls, values, axis: int | None = None) -> "Spread":
+        """Summarize ``values`` over ``axis`` (all of them by default)."""
+        values = np.asarray(values, dtype=np.float64)
+        if np.isnan(values).all():
+            nan = np.full(np.delete(values.shape, axis) if axis is not None else (), np.nan)
+            return cls(nan[()], nan[()], nan[()])
+        with warnings.catch_warnings():     # an all-NaN column gives NaN, and no warning in a chapter
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return cls(np.nanmedian(values, axis=axis), np.nanmin(values, axis=axis), np.nanmax(values, axis=axis))
+
+    def __format__(self, spec: str) -> str:
+        return f"{format(self.median, spec)} [{format(self.low, spec)}, {format(self.high, spec)}]"
+
+
 class Every:
     """A recorder: ``measure(model)`` at each of ``steps``, kept in ``values`` by step.
 
