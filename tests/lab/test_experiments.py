@@ -183,3 +183,34 @@ def test_learning_rate_sweep_is_one_training_per_rate_and_seed():
     # float32: batched and separate differ in summation order only
     assert final[1, 1] == pytest.approx(alone, rel=1e-4)
     assert final[0, 0] != final[0, 1] and final[0, 0] != final[1, 0]
+
+
+# ---------------------------------------------------------------- summaries over seeds
+def test_spread_is_median_min_max_and_ignores_diverged_runs():
+    s = experiments.Spread.of([3.0, np.nan, 1.0, 2.0])
+    assert (s.median, s.low, s.high) == (2.0, 1.0, 3.0)
+    assert f"{s:.1f}" == "2.0 [1.0, 3.0]"
+    by_row = experiments.Spread.of(np.array([[1.0, 5.0, 3.0], [np.nan, np.nan, np.nan]]), axis=1)
+    np.testing.assert_array_equal(by_row.median, [3.0, np.nan])
+    np.testing.assert_array_equal(by_row.high, [5.0, np.nan])
+    assert np.isnan(experiments.Spread.of([np.nan, np.nan]).median)
+
+
+# ---------------------------------------------------------------- chapter 5: gradients through steps
+def test_gradient_through_steps_shape_seed_and_the_scale_layer_norm_removes():
+    base = experiments.gradient_through_steps(1.0, layer_norm=False, steps=20, width=32, seed=3)
+    assert base.shape == (21,) and base[0] == 1.0
+    np.testing.assert_array_equal(base, experiments.gradient_through_steps(1.0, False, steps=20, width=32, seed=3))
+    assert not np.array_equal(base, experiments.gradient_through_steps(1.0, False, steps=20, width=32, seed=4))
+    # without normalization the weight scale g enters every step: larger g, larger gradient far back
+    plain = [experiments.gradient_through_steps(g, False, steps=20, width=32, seed=3)[-1] for g in (0.5, 4.0)]
+    assert plain[1] > 1e6 * plain[0]
+    # with LayerNorm it cancels, up to eps / (g^2 sigma^2): 1e-5 here, so 1e-3 relative is generous
+    ln = [experiments.gradient_through_steps(g, True, steps=20, width=32, seed=3)[-1] for g in (0.5, 4.0)]
+    assert ln[1] == pytest.approx(ln[0], rel=1e-3)
+    # ... and not with a large eps, which stops LayerNorm from dividing out a small scale
+    big_eps = [experiments.gradient_through_steps(g, True, steps=20, width=32, seed=3, eps=1.0)[-1] for g in (0.01, 1.0)]
+    assert big_eps[0] < 1e-6 * big_eps[1]
+    shared = experiments.gradient_through_steps(2.0, True, steps=5, width=8, shared_weights=True)
+    stack = experiments.gradient_through_steps(2.0, True, steps=5, width=8, shared_weights=False)
+    assert not np.allclose(shared, stack)

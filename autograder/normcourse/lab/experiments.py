@@ -43,7 +43,7 @@ from .replicas import (Replicas, ReplicaHistory, replica_accuracy, replica_cross
                        train_replicas)
 
 __all__ = ["Spread", "Every", "ArmResult", "run_arm", "relu_moments", "unit_inputs", "shift", "landscape",
-           "learning_rate_sweep", "GhostBatchNorm2d", "with_ghost_batch_norm", "batch_statistics_accuracy",
+           "learning_rate_sweep", "gradient_through_steps", "GhostBatchNorm2d", "with_ghost_batch_norm", "batch_statistics_accuracy",
            "population_statistics_accuracy", "SweepRow", "batch_size_sweep"]
 
 
@@ -229,6 +229,53 @@ def learning_rate_sweep(build: Callable[[int], nn.Module], rates: Sequence[float
                                  seeds=[seed for _, seed in pairs], batch_size=batch_size)
         final, _ = history.final(last)
     return final.reshape(len(rates), len(seeds))
+
+
+def gradient_through_steps(gain: float, layer_norm: bool, steps: int = 50, width: int = 128,
+                           shared_weights: bool = True, seed: int = 0, eps: float = 1e-5) -> np.ndarray:
+    r"""How a gradient's size changes as it flows back through a tanh recurrence or a deep tanh stack.
+
+    .. math::
+        h_t = \tanh\big(N(W_t\, h_{t-1})\big), \quad t = 1..T, \qquad L = v^\top h_T,
+
+    with :math:`N` LayerNorm without gain and bias (or the identity), entries of :math:`W_t` drawn from
+    :math:`\mathcal N(0, g^2/d)` (the same :math:`W` at every step when ``shared_weights``: an RNN
+    unrolled in time without inputs; a new one per step otherwise: a deep stack), and :math:`h_0`, :math:`v`
+    standard normal. Computed in float64.
+
+    Args:
+        gain: the weight scale :math:`g`.
+        layer_norm: put LayerNorm on the pre-activation.
+        steps: :math:`T`. Default: 50.
+        width: :math:`d`. Default: 128.
+        shared_weights: one :math:`W` for every step. Default: True.
+        seed: seed of :math:`W`, :math:`h_0` and :math:`v`. Default: 0.
+        eps: LayerNorm's :math:`\epsilon`. Default: 1e-5.
+
+    Returns:
+        array of length :math:`T + 1`: :math:`\lVert\partial L/\partial h_t\rVert / \lVert\partial L/\partial h_T\rVert`
+        for :math:`t = T, T-1, \dots, 0` (steps back from the output).
+
+    Example:
+        >>> gradient_through_steps(1.0, layer_norm=True, steps=3, width=8).shape
+        (4,)
+
+    Reference: Pascanu, Mikolov & Bengio, ICML 2013 (exploding and vanishing gradients); Ba, Kiros &
+    Hinton, 2016 (LayerNorm in recurrent networks).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.randn(1 if shared_weights else steps, width, width, generator=gen, dtype=torch.float64)
+    weights = weights * gain / width ** 0.5
+    states = [torch.randn(width, generator=gen, dtype=torch.float64).requires_grad_()]
+    for t in range(steps):
+        pre_activation = weights[0 if shared_weights else t] @ states[-1]
+        if layer_norm:
+            pre_activation = F.layer_norm(pre_activation, (width,), eps=eps)
+        states.append(torch.tanh(pre_activation))
+    readout = torch.randn(width, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad(readout @ states[-1], states)
+    norms = np.array([float(g.norm()) for g in grads])[::-1]
+    return norms / norms[0]
 
 
 # ---------------------------------------------------------------- chapter 3: BatchNorm's batch

@@ -125,16 +125,30 @@ class CovariateShiftNoise(nn.Module):
         super().__init__()
         self.generator = torch.Generator().manual_seed(seed)
 
+    def draw(self, shape: torch.Size, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw random numbers of one step: ``U(0, 1)`` of shape ``(N + 2, C)`` and ``N(0, 1)`` of
+        shape ``(N, C)``; :meth:`transform` turns them into the noise."""
+        n, c = shape[0], shape[1]
+        return (torch.rand(n + 2, c, generator=self.generator, dtype=dtype),
+                torch.randn(n, c, generator=self.generator, dtype=dtype))
+
+    @staticmethod
+    def transform(uniform: torch.Tensor, normal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Scale ``s`` and shift ``m`` from :meth:`draw`'s numbers (any leading axes, e.g. replicas).
+
+        Row 0 of ``uniform`` gives :math:`\mu_j`, row 1 :math:`\sigma_j`, the other rows the shifts.
+        The arithmetic is in place: sampling is most of a noisy network's training time.
+        """
+        mu = uniform[..., :1, :] - 0.5
+        sigma = uniform[..., 1:2, :].mul(0.25).add_(1.0)
+        shift = uniform[..., 2:, :].mul_(0.2).add_(mu - 0.1)                   # U(mu - 0.1, mu + 0.1)
+        scale = normal.mul_(0.1).add_(sigma)                                     # N(sigma, 0.1^2)
+        return scale, shift
+
     def sample(self, shape: torch.Size, dtype: torch.dtype = torch.float32
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step's noise: per-sample scale ``s`` and shift ``m``, both of shape ``(N, C)``."""
-        n, c = shape[0], shape[1]
-        # Two draws and in-place arithmetic: sampling is most of a noisy network's training time.
-        uniform = torch.rand(n + 2, c, generator=self.generator, dtype=dtype)
-        mu, sigma = uniform[0] - 0.5, uniform[1].mul(0.25).add_(1.0)        # per unit
-        shift = uniform[2:].mul_(0.2).add_(mu - 0.1)                          # U(mu - 0.1, mu + 0.1)
-        scale = torch.randn(n, c, generator=self.generator, dtype=dtype).mul_(0.1).add_(sigma)
-        return scale, shift
+        return self.transform(*self.draw(shape, dtype))
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         if not self.training:

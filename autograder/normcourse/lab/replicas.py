@@ -150,9 +150,9 @@ class ReplicaNoise(nn.Module):
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return a
-        draws = [noise.sample(a.shape[1:], a.dtype) for noise in self.noises]
-        scale = torch.stack([d[0] for d in draws])
-        shift = torch.stack([d[1] for d in draws])
+        draws = [noise.draw(a.shape[1:], a.dtype) for noise in self.noises]
+        scale, shift = CovariateShiftNoise.transform(torch.stack([u for u, _ in draws]),
+                                                     torch.stack([n for _, n in draws]))
         return scale * a + shift
 
 
