@@ -690,7 +690,7 @@ def test_skip_init_reference_is_the_formula():
 # ---------------------------------------------------------------------------------------------------
 # The experiment's property checks.
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _course_experiment() -> dict:
     data = ps08.load_digits_tensors()
     torch.set_num_threads(1)
@@ -848,7 +848,7 @@ def _is_program(meta, cell):
     return not meta.get("grade") and cell.id != "experiment-plot"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _solution_program() -> dict:
     threads = torch.get_num_threads()
     namespace = _run_cells(_notebook(), _is_program)
