@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["GradingError", "tolerance_for", "assert_array_matches", "assert_scalar_matches",
-           "assert_normalized"]
+           "assert_normalized", "assert_state_matches"]
 
 
 class GradingError(AssertionError):
@@ -140,3 +140,52 @@ def assert_normalized(y, axes: tuple[int, ...], *, name: str = "output", center:
         kind = "variance" if center else "mean square"
         raise GradingError(f"{name}: the slice at kept index {idx} has {kind} {var[idx]:.4g}, expected 1 "
                            f"(statistics must be taken over axes {axes}; use the biased variance)")
+
+
+def _state_hint(key: str) -> str:
+    if key.endswith(".grad is set") or key.endswith(" .grad"):
+        return ("; leave .grad as you found it (take gradients with torch.autograd.grad, or put back what "
+                "you changed)")
+    if key.endswith(".training"):
+        return "; leave the model in the mode you got it in (or put it back with model.train(mode))"
+    if key.startswith("buffer "):
+        return "; running statistics are buffers: a forward pass in training mode moves them"
+    if key.endswith("requires_grad"):
+        return "; do not change requires_grad of the caller's parameters"
+    return "; parameters must end as the contract says (unchanged unless it says otherwise)"
+
+
+def assert_state_matches(actual: dict, expected: dict, *, name: str, label: str | None = None,
+                         rtol: float | None = None, atol: float | None = None) -> None:
+    """Assert that a torch module's state after a call (see
+    :func:`normcourse.grading.recheck_child.module_state`) equals the state the reference leaves.
+
+    Raises:
+        GradingError: naming the first parameter, grad, buffer or mode flag that differs.
+    """
+    where = _where(label)
+    for key in expected:
+        if key not in actual:
+            raise GradingError(f"{name}{where}: {key} is missing (expected {_short(expected[key])})"
+                               + _state_hint(key))
+    for key in actual:
+        if key not in expected:
+            raise GradingError(f"{name}{where}: {key} is present, but the reference leaves no such thing"
+                               + _state_hint(key))
+    for key, want in expected.items():
+        got = actual[key]
+        if want.dtype == bool or got.dtype == bool:
+            if got.shape != want.shape or not np.array_equal(got, want):
+                raise GradingError(f"{name}{where}: {key} is {_short(got)}, expected {_short(want)}"
+                                   + _state_hint(key))
+            continue
+        try:
+            assert_array_matches(got, want, name=f"{name}: {key}", label=label, rtol=rtol, atol=atol,
+                                 check_dtype=False)
+        except GradingError as exc:
+            raise GradingError(str(exc) + _state_hint(key)) from None
+
+
+def _short(value) -> str:
+    value = np.asarray(value)
+    return str(value.item()) if value.size == 1 else f"an array of shape {value.shape}"

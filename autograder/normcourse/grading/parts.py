@@ -17,8 +17,8 @@ Problem-set modules (``normcourse.problems.psNN_name``, loaded by name) each def
 
 from __future__ import annotations
 
-import copy
 import importlib
+import inspect
 import importlib.util
 import os
 import pkgutil
@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from .compare import GradingError, assert_array_matches
+from .compare import GradingError, assert_array_matches, assert_state_matches
+from .recheck_child import Observed, observe
+from .rules import Rule
 
-__all__ = ["Case", "Part", "register", "get_part", "parts_of", "problem_sets", "check_part"]
+__all__ = ["Case", "Part", "register", "get_part", "parts_of", "problem_sets", "provided_modules", "check_part"]
 
 
 @dataclass
@@ -45,6 +47,12 @@ class Case:
         inplace: indices into ``args`` of arguments the function is expected to update in place
             (BatchNorm's running statistics); their final values are compared too.
         rtol, atol: tolerances for this case (None: the Part's, else the dtype default).
+        state_of: indices into ``args`` of torch modules whose state after the call (parameters,
+            buffers, ``.grad`` of every parameter, ``training`` of every submodule; see
+            :func:`module_state`) must equal the state the reference leaves: "leaves the model
+            untouched" is part of the contract where the reference leaves it untouched.
+        repeat: call the function this many times on the same arguments (the same model); every
+            call's result is compared, which catches state left behind by the first call.
     """
 
     label: str
@@ -53,6 +61,8 @@ class Case:
     inplace: tuple[int, ...] = ()
     rtol: float | None = None
     atol: float | None = None
+    state_of: tuple[int, ...] = ()
+    repeat: int = 1
 
 
 def _default_compare(actual, expected, *, name: str, label: str, rtol, atol) -> None:
@@ -93,7 +103,11 @@ class Part:
         points: the cell's points (kept in sync with the notebook by the test suite).
         rtol, atol: tolerances (None: dtype defaults from :func:`compare.tolerance_for`).
         compare: ``compare(actual, expected, name=, label=, rtol=, atol=)``; raises GradingError.
+            With ``reference=None`` the part has no reference result (an experiment whose numbers
+            are checked for properties): ``expected`` is then None and ``compare`` checks ``actual``.
         description: what the part checks, for reports.
+        forbid: the :class:`~normcourse.grading.rules.Rule` objects this part is graded under, on top
+            of :data:`~normcourse.grading.rules.NO_COURSE_CODE` (which every part has).
     """
 
     problem_set: str
@@ -107,42 +121,58 @@ class Part:
     atol: float | None = None
     compare: Callable = _default_compare
     description: str = ""
-    extra_functions: Sequence[str] = ()
+    forbid: tuple[Rule, ...] = ()
 
-    def make_cases(self) -> list[Case]:
-        return self.cases(np.random.default_rng(self.seed))
+    def make_cases(self, salt: int | None = None) -> list[Case]:
+        """The part's cases. The notebook's hidden-test cell uses the fixed ``seed``; the grader's
+        re-check mixes in a course-private ``salt``, so that answers looked up from the public seeds
+        do not pass (the edge cases stay the same kinds, their values change)."""
+        return self.cases(np.random.default_rng(self.seed if salt is None else [self.seed, salt]))
 
-    def expected(self, case: Case) -> Any:
-        """The reference result for ``case``: the return value, plus in-place arguments if any."""
-        return self.call(self.reference, case)
+    def expected(self, case: Case) -> Observed | None:
+        """What the reference does on ``case`` (None for a part without a reference)."""
+        return None if self.reference is None else self.call(self.reference, case)
 
     @staticmethod
-    def call(fn: Callable, case: Case) -> Any:
-        """Call ``fn`` on fresh copies of the case's inputs; append in-place arguments to the result."""
-        args = copy.deepcopy(case.args)
-        kwargs = copy.deepcopy(case.kwargs)
-        result = fn(*args, **kwargs)
-        if case.inplace:
-            return (result,) + tuple(args[i] for i in case.inplace)
-        return result
+    def call(fn: Callable, case: Case) -> Observed:
+        """Call ``fn`` on fresh copies of the case's inputs and record what it did (see :func:`observe`)."""
+        return observe(fn, case.args, case.kwargs, inplace=case.inplace, state_of=case.state_of,
+                       repeat=case.repeat)
 
-    def judge(self, actual: Any, case: Case) -> None:
-        """Compare a learner's result for ``case`` with the reference; raise GradingError if it differs."""
+    def argument_name(self, index: int) -> str:
+        """The name of positional argument ``index`` in the reference's signature (``"running_mean"``)."""
+        try:
+            names = list(inspect.signature(self.reference).parameters)
+        except (TypeError, ValueError):
+            names = []
+        return repr(names[index]) if index < len(names) else f"{index + 1}"
+
+    def judge(self, actual: Observed, case: Case) -> None:
+        """Compare what the learner's function did on ``case`` with the reference; raise GradingError
+        naming the call, the result or argument, and the case, if anything differs."""
         expected = self.expected(case)
         rtol = case.rtol if case.rtol is not None else self.rtol
         atol = case.atol if case.atol is not None else self.atol
-        if case.inplace:
-            result_exp, *state_exp = expected
-            result_act, *state_act = actual
-            self.compare(result_act, result_exp, name=f"{self.function}(...)", label=case.label,
-                         rtol=rtol, atol=atol)
-            for i, a, e in zip(case.inplace, state_act, state_exp):
-                # The same check covers "must be updated in place" and "must be left unchanged".
-                assert_array_matches(a, e, name=f"argument {i} of {self.function} after the call (it must be "
-                                     f"updated in place where the contract says so, else left unchanged)",
-                                     label=case.label, rtol=rtol, atol=atol)
-            return
-        self.compare(actual, expected, name=f"{self.function}(...)", label=case.label, rtol=rtol, atol=atol)
+        for call, result in enumerate(actual.results):
+            name = f"{self.function}(...)" + (f" (call {call + 1} of {case.repeat} on the same arguments)"
+                                              if case.repeat > 1 else "")
+            want = None if expected is None else expected.results[call]
+            if case.inplace:  # the result, then the in-place arguments as they were after this call
+                result, *after = result
+                if want is not None:
+                    want, *want_after = want
+            self.compare(result, want, name=name, label=case.label, rtol=rtol, atol=atol)
+            if case.inplace and expected is not None:
+                for i, a, e in zip(case.inplace, after, want_after):
+                    # One check covers "must be updated in place" and "must be left unchanged".
+                    assert_array_matches(a, e, name=f"argument {self.argument_name(i)} of {name} after the "
+                                         f"call (updated in place where the contract says so, else unchanged)",
+                                         label=case.label, rtol=rtol, atol=atol)
+        if expected is not None:
+            for i in case.state_of:
+                assert_state_matches(actual.states[i], expected.states[i],
+                                     name=f"the model passed as argument {self.argument_name(i)} after "
+                                          f"{self.function}(...)", label=case.label, rtol=rtol, atol=atol)
 
     def check(self, fn: Callable) -> int:
         """Run every case through ``fn`` in this process; return the number of cases checked."""
@@ -164,10 +194,14 @@ class Part:
 
 
 _REGISTRY: dict[tuple[str, str], Part] = {}
+_PROVIDED: dict[str, tuple[str, ...]] = {}
 
 
-def register(parts: Sequence[Part]) -> None:
+def register(parts: Sequence[Part], *, provides: Sequence[str] = ()) -> None:
+    """Register a problem set's parts. ``provides`` names the course modules its notebook hands to
+    the learner (e.g. ``"normcourse.lab.models"``): the re-check keeps exactly those importable."""
     for part in parts:
+        _PROVIDED.setdefault(part.problem_set, tuple(provides))
         key = (part.problem_set, part.grade_id)
         if key in _REGISTRY and _REGISTRY[key] is not part:
             raise ValueError(f"part {key} registered twice")
@@ -230,6 +264,12 @@ def get_part(problem_set: str, grade_id: str) -> Part:
         return _REGISTRY[(problem_set, grade_id)]
     except KeyError:
         raise KeyError(f"no part {grade_id!r} in problem set {problem_set!r}") from None
+
+
+def provided_modules(problem_set: str) -> tuple[str, ...]:
+    """The course modules ``problem_set``'s notebook gives the learner (see :func:`register`)."""
+    _load_problem_set(problem_set)
+    return _PROVIDED.get(problem_set, ())
 
 
 def check_part(problem_set: str, grade_id: str, fn: Callable) -> None:

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from .limits import Limits
+from .recheck_child import Observed, observe
 
 __all__ = ["PartOutcome", "Recheck", "learner_program", "recheck_notebook", "WATCHED"]
 
@@ -163,11 +164,12 @@ def _judge(part, case, outcome) -> str | None:
         return None  # handled by the caller (no result at all)
     if "error" in outcome:
         return outcome["error"]
-    actual = outcome["value"]
+    value = outcome["value"]
+    actual = Observed(list(value["results"]), {int(k): v for k, v in value["states"].items()})
 
     def foreign(value):
-        return isinstance(value, _Foreign) or (isinstance(value, tuple) and any(map(foreign, value)))
-    if foreign(actual):
+        return isinstance(value, _Foreign) or (isinstance(value, (tuple, list)) and any(map(foreign, value)))
+    if foreign(actual.results):
         return (f"{part.function}(...) for case {case.label!r}: returned {actual!r}; return numpy arrays "
                 f"(convert tensors with .numpy())")
     try:
@@ -205,7 +207,8 @@ def recheck_notebook(nb, problem_set: str, *, workdir: str | os.PathLike | None 
         cases_of[part.grade_id] = cases
         for index, case in enumerate(cases):
             calls.append({"key": f"{part.grade_id}:{index}", "function": part.function, "args": case.args,
-                          "kwargs": case.kwargs, "inplace": tuple(case.inplace)})
+                          "kwargs": case.kwargs, "inplace": tuple(case.inplace),
+                          "state_of": tuple(case.state_of), "repeat": case.repeat})
 
     with tempfile.TemporaryDirectory(prefix="normcourse-sandbox-") as tmp:
         tmp = Path(tmp)
@@ -312,7 +315,7 @@ def _forked_child(job_path: str, out_dir: str, run_dir: str, stderr_path: str) -
         os._exit(0)  # skip learner-registered atexit handlers and multiprocessing's own clean-up
 
 def _encode(value, arrays, depth=0):
-    if depth > 8:
+    if depth > 10:
         return {"t": "foreign", "type": "deeply nested object"}
     if value is None:
         return {"t": "none"}
@@ -391,7 +394,6 @@ class _NoShell:
 
 
 def _child(job_path: str, out_dir: str) -> None:
-    import copy
     import importlib
     import signal
 
@@ -451,11 +453,10 @@ def _child(job_path: str, out_dir: str) -> None:
             elif not callable(fn):
                 head = {"error": f"{call['function']} is not a function (got {type(fn).__name__})"}
             else:
-                args, kwargs = copy.deepcopy(call["args"]), copy.deepcopy(call["kwargs"])
-                value = fn(*args, **kwargs)
-                if call["inplace"]:
-                    value = (value,) + tuple(args[i] for i in call["inplace"])
-                head = {"value": _encode(value, arrays)}
+                seen = observe(fn, call["args"], call["kwargs"], inplace=call["inplace"],
+                               state_of=call["state_of"], repeat=call["repeat"])
+                head = {"value": _encode({"results": seen.results,
+                                          "states": {str(k): v for k, v in seen.states.items()}}, arrays)}
         except _TimeLimit:
             head = {"error": f"{call['function']} did not return within {limit} s"}
         except NotImplementedError:

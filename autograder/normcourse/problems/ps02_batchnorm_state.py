@@ -198,11 +198,9 @@ PARTS = [
          points=2, seed=203, description="evaluation BatchNorm folded into scale and shift"),
     Part(PROBLEM_SET, "batch_norm_module_hidden", "run_batch_norm_module", run_batch_norm_module_reference,
          _module_cases_momentum, points=2, seed=204,
-         extra_functions=("BatchNorm", "batch_norm_step"),
          description="BatchNorm module with train()/eval() and exponential running averages"),
     Part(PROBLEM_SET, "batch_norm_cumulative_hidden", "run_batch_norm_module", run_batch_norm_module_reference,
          _module_cases_cumulative, points=2, seed=205,
-         extra_functions=("BatchNorm", "batch_norm_step"),
          description="BatchNorm module with momentum=None: cumulative running averages"),
 ]
 
