@@ -292,10 +292,32 @@ def same_value(a, b) -> bool:
         return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
     if isinstance(a, functools.partial) and isinstance(b, functools.partial):
         return a.func is b.func and same_value(a.args, b.args) and same_value(a.keywords, b.keywords)
+    if _is_torch(a) or _is_torch(b):
+        return _same_torch(a, b)
     try:
         return bool(a == b) and type(a) is type(b)
     except Exception:  # noqa: BLE001
         return False
+
+
+def _is_torch(value) -> bool:
+    return type(value).__module__.split(".")[0] == "torch" or any(
+        c.__module__.startswith("torch.nn") for c in type(value).__mro__[1:])
+
+
+def _same_torch(a, b) -> bool:
+    """Tensors by dtype, shape and values; modules by class, mode, parameters and buffers (two models built
+    the same way from the same seed are the same argument)."""
+    import torch
+
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a.detach(), b.detach()))
+    if isinstance(a, torch.nn.Module) and isinstance(b, torch.nn.Module):
+        sa, sb = a.state_dict(), b.state_dict()
+        return (type(a) is type(b) and a.training == b.training and sa.keys() == sb.keys()
+                and all(same_value(sa[k], sb[k]) for k in sa)
+                and [m.training for m in a.modules()] == [m.training for m in b.modules()])
+    return a is b
 
 
 def same_call(a: dict, b: dict) -> bool:
