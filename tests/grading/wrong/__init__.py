@@ -54,7 +54,7 @@ def load(problem_set: str) -> WrongTable:
 def _legacy(problem_set: str) -> WrongTable:
     from normcourse.grading.parts import get_part
 
-    table = WrongTable(problem_set, source="(none)")
+    table = WrongTable(problem_set, source=f"tests/grading/wrong/{problem_set}.py (missing: add it)")
     for path in sorted(HERE.parent.glob("test_problems_*.py")):
         module = importlib.import_module(path.stem)
         for (ps, gid), fns in getattr(module, "WRONG", {}).items():
