@@ -39,6 +39,9 @@ differently).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -327,7 +330,18 @@ def freeze_cases(rng: np.random.Generator) -> list[Case]:
 
 
 def _describe(model: nn.Module) -> str:
-    return " -> ".join(type(m).__name__ for m in model)
+    """``Linear(5, 7) -> BatchNorm1d(7) -> ReLU -> [Linear(7, 7) -> ...] -> ...``: the layers and their sizes."""
+    def one(m):
+        if isinstance(m, nn.Sequential):
+            return f"[{_describe(m)}]"
+        if isinstance(m, nn.Linear):
+            return f"Linear({m.in_features}, {m.out_features})"
+        if _is_batch_norm(m):
+            return f"{type(m).__name__}({m.num_features})"
+        if isinstance(m, nn.Dropout):
+            return f"Dropout({m.p:g})"
+        return type(m).__name__
+    return " -> ".join(one(m) for m in model)
 
 
 def _modes(model: nn.Module) -> str:
@@ -351,11 +365,28 @@ def names_match(actual, expected, *, name, label, rtol=None, atol=None) -> None:
                            f"{missing}; not BatchNorm layers, or listed twice: {extra}; order of model.named_modules())")
 
 
-class FreezePart(Part):
-    """The Part of a function that must *change* the model: its state messages say what the contract
-    wants (the shared hints assume a function that must leave the model alone)."""
+def freeze_flag_hint(key: str, want: bool) -> str:
+    """What freeze_batch_norm's contract says about a mode or requires_grad flag that came out wrong."""
+    if not want:
+        return "this is a BatchNorm layer (or its parameter): freeze it (evaluation mode, requires_grad=False)"
+    return "this is not a BatchNorm layer (or one of its parameters): leave it as it was"
+
+
+@dataclasses.dataclass
+class ModelPart(Part):
+    """A torch Part whose messages about modes and ``requires_grad`` flags say what *this* function's
+    contract wants. (The shared hints of :mod:`normcourse.grading.compare` fit functions that must leave a
+    model alone, and suggest ``model.train(mode)``, which is the very bug ``evaluate``'s cases look for.)
+    The result is compared first, then those flags, then the rest of the state.
+
+    Attributes:
+        flag_hint: ``flag_hint(key, expected_value) -> str``, the advice for a flag that differs.
+    """
+
+    flag_hint: Callable[[str, bool], str] | None = None
 
     def judge(self, actual, case) -> None:
+        super().judge(actual, dataclasses.replace(case, state_of=()))
         expected = self.expected(case)
         for i in case.state_of:
             got, want = actual.states[i], expected.states[i]
@@ -363,13 +394,10 @@ class FreezePart(Part):
                 if not (key.endswith(".training") or key.endswith("requires_grad")) or key not in got:
                     continue
                 if bool(got[key]) != bool(want[key]):
-                    frozen = not bool(want[key])
                     raise GradingError(
                         f"the model passed as argument {self.argument_name(i)} after {self.function}(...) for case "
                         f"{case.label!r}: {key} is {bool(got[key])}, expected {bool(want[key])}; "
-                        + ("this is a BatchNorm layer (or its parameter): freeze it (evaluation mode, "
-                           "requires_grad=False)" if frozen else
-                           "this is not a BatchNorm layer (or one of its parameters): leave it as it was"))
+                        f"{self.flag_hint(key, bool(want[key]))}")
         super().judge(actual, case)
 
 
@@ -394,6 +422,14 @@ def evaluate_reference(model: nn.Module, x: torch.Tensor, batch_size: int = 64) 
         for module, mode in modes:
             module.training = mode
     return torch.cat(outputs).numpy()
+
+
+def evaluate_flag_hint(key: str, want: bool) -> str:
+    """What evaluate's contract says about a mode or requires_grad flag that came out wrong."""
+    if key.endswith(".training"):
+        return ("put back every submodule's own mode afterwards (model.train(was) would switch them all, frozen "
+                "BatchNorm layers included)")
+    return "evaluating must not change requires_grad"
 
 
 def visible_evaluate_cases(_rng=None) -> list[Case]:
@@ -620,8 +656,8 @@ def _numpy_part(grade_id, function, reference, cases, points, seed, description,
                 description=description, forbid=(NO_TORCH,), **extra)
 
 
-def _torch_part(grade_id, function, reference, cases, points, seed, description, kind=Part, **extra):
-    return kind(PROBLEM_SET, grade_id, function, reference, cases, points=points, seed=seed,
+def _torch_part(grade_id, function, reference, cases, points, seed, description, **extra):
+    return ModelPart(PROBLEM_SET, grade_id, function, reference, cases, points=points, seed=seed,
                 description=description, **extra)
 
 
@@ -636,15 +672,17 @@ PARTS = [
     _numpy_part("fuse_conv_bn_hidden", "fuse_conv_bn_weights", ref.fuse_conv_bn_weights, fuse_conv_cases,
                 2, 702, "eval-mode BatchNorm folded into a 1-d, 2-d or 3-d (transposed) convolution"),
     _torch_part("freeze_batch_norm", "freeze_batch_norm", freeze_batch_norm_reference, visible_freeze_cases,
-                1, 713, "visible test: the demo model's BatchNorm layers frozen, nothing else", kind=FreezePart,
-                compare=names_match),
+                1, 713, "visible test: the demo model's BatchNorm layers frozen, nothing else", compare=names_match,
+                flag_hint=freeze_flag_hint),
     _torch_part("freeze_batch_norm_hidden", "freeze_batch_norm", freeze_batch_norm_reference, freeze_cases,
                 2, 703, "every BatchNorm layer (and nothing else) in evaluation mode with frozen gain and bias; "
-                        "called twice", kind=FreezePart, compare=names_match),
+                        "called twice", compare=names_match, flag_hint=freeze_flag_hint),
     _torch_part("evaluate", "evaluate", evaluate_reference, visible_evaluate_cases, 1, 714,
-                "visible test: the demo model, plain and with frozen BatchNorm layers; left as found"),
+                "visible test: the demo model, plain and with frozen BatchNorm layers; left as found",
+                flag_hint=evaluate_flag_hint),
     _torch_part("evaluate_hidden", "evaluate", evaluate_reference, evaluate_cases, 2, 704,
-                "evaluation-mode outputs in chunks without autograd; the model left exactly as found; called twice"),
+                "evaluation-mode outputs in chunks without autograd; the model left exactly as found; called twice",
+                flag_hint=evaluate_flag_hint),
     _numpy_part("ghost_batch_norm", "ghost_batch_norm", ref.ghost_batch_norm, visible_ghost_cases, 1, 715,
                 "visible test: both running updates and evaluation mode"),
     _numpy_part("ghost_batch_norm_hidden", "ghost_batch_norm", ref.ghost_batch_norm, ghost_cases, 3, 705,
