@@ -14,6 +14,8 @@ Modules:
 - :mod:`~normcourse.lab.transformer`: a tiny Transformer with Post-LN / Pre-LN blocks;
 - :mod:`~normcourse.lab.placements`: per-block gradient norms of Post-LN and Pre-LN at initialization;
 - :mod:`~normcourse.lab.experiments`: the larger experiment drivers of the chapters;
+- :mod:`~normcourse.lab.replicas`: several seeds trained at once as one batched model (chapters 1-3);
+- :mod:`~normcourse.lab.timing`: fair alternating timings (chapter 4's LayerNorm versus RMSNorm);
 - :mod:`~normcourse.lab.batchnorm_practice`: chapter 8's drivers (train/eval bugs, frozen BN, folding, ghost
   batches, Batch Renormalization, dropout's variance shift, weight decay with scale invariance);
 - :mod:`~normcourse.lab.normalization_free`: chapter 9's layers and drivers (residual stacks, SkipInit, Fixup,
