@@ -24,6 +24,11 @@ inputs built from ``np.random.default_rng(k)`` or the setup cell's ``demo_model(
 :func:`demo_model` here repeats; no use of the part's ``rng``). *Hidden parts* draw random shapes,
 statistics, eps, momenta and affine settings from the part's ``rng`` and add the edge cases that apply.
 
+The torch parts are :class:`ModelPart` objects: the same comparison, but a mode or ``requires_grad`` flag that
+differs from the reference's is reported with what *this* function's contract wants (freeze the
+BatchNorm layers; put back every submodule's own mode) instead of the shared hint for functions that
+must leave a model alone.
+
 Rules: the numpy parts forbid torch (``NO_TORCH``); the torch parts may use torch. The notebook hands
 the learner no course module (``provides=()``): its setup cells build the demo models in plain torch,
 and every case argument is a numpy array, a number, a string or a plain ``torch.nn`` module (the
