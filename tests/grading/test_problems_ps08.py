@@ -26,7 +26,6 @@ import math
 import pickle
 import re
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import nbformat
@@ -42,8 +41,8 @@ import normcourse.reference as ref  # noqa: E402
 from normcourse.grading.compare import GradingError  # noqa: E402
 from normcourse.grading.parts import get_part, parts_of, provided_modules  # noqa: E402
 from normcourse.grading.rules import NO_TORCH  # noqa: E402
-from normcourse.lab import normalization_free as nf  # noqa: E402
 from normcourse.problems import ps08_normalization_free as ps08  # noqa: E402
+from wrong import ps08_normalization_free as wrong08  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PS = "ps08_normalization_free"
@@ -58,365 +57,41 @@ def _ids(parts):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Wrong implementations, one list per Part. The first entry of a learner function is its most
-# plausible mistake.
-
-# Weight Standardization.
-def _unit_axes(w):
-    return tuple(range(1, np.ndim(w)))
-
-
-def _ws_released_code(weight, eps=1e-5):
-    """The authors' released code: the unbiased standard deviation, eps added to it."""
-    w = np.asarray(weight, dtype=np.float64)
-    axes = _unit_axes(w)
-    centered = w - w.mean(axis=axes, keepdims=True)
-    return (centered / (w.std(axis=axes, ddof=1, keepdims=True) + eps)).astype(np.asarray(weight).dtype)
-
-
-def _ws_per_input(weight, eps=1e-5):
-    """Statistics over the output units (axis 0) instead of within each unit."""
-    w = np.asarray(weight, dtype=np.float64)
-    centered = w - w.mean(axis=0, keepdims=True)
-    return (centered / np.sqrt((centered ** 2).mean(axis=0, keepdims=True) + eps)).astype(np.asarray(weight).dtype)
-
-
-def _ws_whole_tensor(weight, eps=1e-5):
-    w = np.asarray(weight, dtype=np.float64)
-    return ((w - w.mean()) / np.sqrt(w.var() + eps)).astype(np.asarray(weight).dtype)
-
-
-def _ws_float64_out(weight, eps=1e-5):
-    """Right values, returned in float64 whatever the input dtype."""
-    return ref.weight_standardization(np.asarray(weight, dtype=np.float64), eps)
-
-
-def _ws_in_place(weight, eps=1e-5):
-    """Right values, but centres the caller's array in place."""
-    w = np.asarray(weight)
-    axes = _unit_axes(w)
-    w -= w.mean(axis=axes, keepdims=True)
-    return (w / np.sqrt((w.astype(np.float64) ** 2).mean(axis=axes, keepdims=True) + eps)).astype(w.dtype)
-
-
-# Scaled Weight Standardization.
-def _sws_with(*, sqrt_n=True, eps_added=False, ddof=0, gain_last_axis=False, use_gamma=True):
-    def scaled_weight_standardization(weight, gain=None, gamma=1.0, eps=1e-4):
-        w = np.asarray(weight, dtype=np.float64)
-        axes = _unit_axes(w)
-        n = w[0].size
-        centered = w - w.mean(axis=axes, keepdims=True)
-        var = centered.var(axis=axes, ddof=ddof, keepdims=True) if ddof else (centered ** 2).mean(axis=axes,
-                                                                                                 keepdims=True)
-        spread = n * var if sqrt_n else var
-        scale = (gamma if use_gamma else 1.0) / np.sqrt(spread + eps if eps_added else np.maximum(spread, eps))
-        if gain is not None:
-            g = np.asarray(gain, dtype=np.float64)
-            scale = scale * (g if gain_last_axis else g.reshape((-1,) + (1,) * (w.ndim - 1)))
-        return (centered * scale).astype(np.asarray(weight).dtype)
-    return scaled_weight_standardization
-
-
-# Unit-wise norms.
-def _norm_no_keepdims(x):
-    a = np.asarray(x, dtype=np.float64)
-    axes = _unit_axes(a) if a.ndim >= 2 else tuple(range(a.ndim))
-    return np.sqrt((a ** 2).sum(axis=axes)).astype(np.asarray(x).dtype)
-
-
-def _norm_vector_per_element(x):
-    """A bias vector treated as one unit per element."""
-    a = np.asarray(x)
-    return np.abs(a) if a.ndim < 2 else ref.unitwise_norm(a)
-
-
-def _norm_squared(x):
-    return np.square(ref.unitwise_norm(np.asarray(x, dtype=np.float64))).astype(np.asarray(x).dtype)
-
-
-def _norm_over_axis0(x):
-    a = np.asarray(x, dtype=np.float64)
-    return np.sqrt((a ** 2).sum(axis=0, keepdims=True)).astype(np.asarray(x).dtype)
-
-
-# Adaptive gradient clipping.
-def _agc_with(*, floor=True, eps_added=False, always=False, whole=False, elementwise=False, in_place=False):
-    def adaptive_clip_grad(grad, weight, clipping=0.01, eps=1e-3):
-        g, w = np.asarray(grad), np.asarray(weight, dtype=np.float64)
-        g64 = g.astype(np.float64)
-        if elementwise:
-            axes = ()
-        elif whole:
-            axes = tuple(range(g.ndim))
-        else:
-            axes = _unit_axes(g) if g.ndim >= 2 else tuple(range(g.ndim))
-        g_norm = np.sqrt((g64 ** 2).sum(axis=axes, keepdims=True))
-        w_norm = np.sqrt((w ** 2).sum(axis=axes, keepdims=True))
-        if eps_added:
-            w_norm = w_norm + eps
-        elif floor:
-            w_norm = np.maximum(w_norm, eps)
-        max_norm = clipping * w_norm
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = max_norm / g_norm if always else np.where(g_norm > max_norm, max_norm / g_norm, 1.0)
-        if in_place:
-            g *= scale.astype(g.dtype)
-            return g
-        return np.asarray(g64 * scale).astype(g.dtype)
-    return adaptive_clip_grad
-
-
-# Dynamic Tanh backward.
-def _dyt_with(*, alpha_in_dx=True, gamma_in_dalpha=True, dweight_all=False, slope_with_alpha=True,
-              float_dalpha=False):
-    def dynamic_tanh_backward(dy, x, alpha, weight=None, bias=None):
-        dtype = np.asarray(x).dtype
-        x64, g = np.asarray(x, dtype=np.float64), np.asarray(dy, dtype=np.float64)
-        a = float(np.asarray(alpha).reshape(()))
-        t = np.tanh(a * x64)
-        slope = 1 - t * t if slope_with_alpha else 1 - np.tanh(x64) ** 2
-        g_gamma = g * weight if weight is not None else g
-        dx = (g_gamma * (a if alpha_in_dx else 1.0) * slope).astype(dtype)
-        dalpha_value = np.sum((g_gamma if gamma_in_dalpha else g) * x64 * slope)
-        dalpha = float(dalpha_value) if float_dalpha else np.array([dalpha_value]).astype(dtype)
-        dweight = dbias = None
-        if weight is not None:
-            axes = tuple(range(x64.ndim)) if dweight_all else tuple(range(x64.ndim - np.ndim(weight)))
-            dweight = (g * t).sum(axis=axes).astype(dtype)
-        if bias is not None:
-            dbias = g.sum(axis=tuple(range(x64.ndim - np.ndim(bias)))).astype(dtype)
-        return dx, dalpha, dweight, dbias
-    return dynamic_tanh_backward
-
-
-# SkipInit: wrong classes, graded through the notebook's driver.
-class _SkipInitCopies(nn.Module):
-    """Wraps a deep copy of the branch: the caller's branch never sees a gradient."""
-
-    def __init__(self, branch, alpha_init=0.0):
-        super().__init__()
-        self.branch = copy.deepcopy(branch)
-        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
-
-    def forward(self, x):
-        return x + self.alpha * self.branch(x)
-
-
-class _SkipInitPlainTensor(nn.Module):
-    """alpha a tensor that requires grad, but not a registered parameter (an optimizer never sees it)."""
-
-    def __init__(self, branch, alpha_init=0.0):
-        super().__init__()
-        self.branch = branch
-        self.alpha = torch.tensor(float(alpha_init), requires_grad=True)
-
-    def forward(self, x):
-        return x + self.alpha.to(x.dtype) * self.branch(x)
-
-
-class _SkipInitFloat(nn.Module):
-    """alpha a Python float: nothing to learn."""
-
-    def __init__(self, branch, alpha_init=0.0):
-        super().__init__()
-        self.branch, self.alpha = branch, float(alpha_init)
-
-    def forward(self, x):
-        return x + self.alpha * self.branch(x)
-
-
-class _SkipInitIgnoresInit(nn.Module):
-    def __init__(self, branch, alpha_init=0.0):
-        super().__init__()
-        self.branch = branch
-        self.alpha = nn.Parameter(torch.tensor(0.0))
-
-    def forward(self, x):
-        return x + self.alpha * self.branch(x)
-
-
-class _SkipInitScalesSkip(nn.Module):
-    """alpha on the skip path: alpha x + f(x)."""
-
-    def __init__(self, branch, alpha_init=0.0):
-        super().__init__()
-        self.branch = branch
-        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
-
-    def forward(self, x):
-        return self.alpha * x + self.branch(x)
-
-
-class _SkipInitResetsBranch(nn.Module):
-    """Fixup-style: zeroes the branch's last layer as well (changes the caller's parameters)."""
-
-    def __init__(self, branch, alpha_init=0.0):
-        super().__init__()
-        self.branch = branch
-        last = [m for m in branch.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
-        with torch.no_grad():
-            last.weight.zero_()
-        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
-
-    def forward(self, x):
-        return x + self.alpha * self.branch(x)
-
-
-class _SkipInitTrainsBranch(nn.Module):
-    """Puts the branch into training mode."""
-
-    def __init__(self, branch, alpha_init=0.0):
-        super().__init__()
-        self.branch = branch.train()
-        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
-
-    def forward(self, x):
-        return x + self.alpha * self.branch(x)
-
-
-def _driver(skip_init_class):
-    """The notebook's run_skip_init with a wrong class inside."""
-    def run_skip_init(branch, alpha_init, x, dy):
-        return ps08.skip_init_driver(skip_init_class, branch, alpha_init, x, dy)
-    run_skip_init.__name__ = f"run_skip_init_with{skip_init_class.__name__}"
-    return run_skip_init
-
-
-# AGC on a model.
-def _agc_backward_with(*, clear=True, respect_exclude=True, floor=True, mode=False, tensor_share=False,
-                       per_parameter=False, step=False):
-    def agc_backward(model, loss_fn, batch, clipping=0.01, eps=1e-3, exclude=()):
-        x, y = batch
-        if mode:
-            model.train()
-        if clear:
-            for p in model.parameters():
-                p.grad = None
-        loss_fn(model(x), y).backward()
-        clipped = units = 0
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if p.grad is None or (respect_exclude and name in exclude):
-                    continue
-                dims = tuple(range(1, p.dim())) if p.dim() >= 2 else tuple(range(p.dim()))
-                g_norm = p.grad.pow(2).sum(dim=dims, keepdim=True).sqrt()
-                w_norm = p.pow(2).sum(dim=dims, keepdim=True).sqrt()
-                max_norm = clipping * (w_norm.clamp(min=eps) if floor else w_norm)
-                clip = g_norm > max_norm
-                p.grad.mul_(torch.where(clip, max_norm / torch.where(clip, g_norm, torch.ones_like(g_norm)),
-                                        torch.ones_like(g_norm)))
-                if step:
-                    p.sub_(0.1 * p.grad)
-                if per_parameter:
-                    clipped, units = clipped + int(clip.any()), units + 1
-                else:
-                    clipped, units = clipped + int(clip.sum()), units + clip.numel()
-        share = clipped / units if units else 0.0
-        return torch.tensor(share) if tensor_share else share
-    return agc_backward
-
-
-# The experiment, written with the course's SkipInit and AGC (a learner uses their own).
-def residual_mlp(seed, skipinit, depth=8, width=32, in_dim=64, classes=10):
-    """The notebook's residual_mlp, with the lab's SkipInit."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def linear(n_in, n_out, gain):
-        layer = nn.Linear(n_in, n_out)
-        with torch.no_grad():
-            layer.weight.copy_(torch.randn(n_out, n_in, generator=generator) * (gain / n_in) ** 0.5)
-            layer.bias.zero_()
-        return layer
-
-    layers = [("stem", linear(in_dim, width, 1.0))]
-    for l in range(depth):
-        block = nf.SkipInit(nn.Sequential(linear(width, width, 1.0), nn.ReLU(), linear(width, width, 2.0)),
-                            alpha_init=0.0 if skipinit else 1.0)
-        block.alpha.requires_grad_(skipinit)
-        layers.append((f"block{l + 1}", block))
-    layers.append(("head", linear(width, classes, 1.0)))
-    return nn.Sequential(OrderedDict(layers))
-
-
-HEAD = ("head.weight", "head.bias")
-
-
-def _training_with(*, swap=False, record_after=False, agc_network="plain", agc_step=True):
-    """residual_training with one switchable mistake (the course's SkipInit and AGC inside)."""
-    def residual_training(x, y, seeds=(0, 1, 2), lr=0.05, steps=40, clipping=0.02):
-        result = {k: np.full((len(seeds), steps), np.nan) for k in ps08.EXPERIMENT_KEYS}
-        networks = {"plain": swap, "skipinit": not swap, "agc": agc_network == "skipinit"}
-        for i, seed in enumerate(seeds):
-            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-            for variant, skipinit in networks.items():
-                model = residual_mlp(seed, skipinit=skipinit)
-                optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
-                for t in range(steps):
-                    index = order[(t * 64 + torch.arange(64)) % len(x)]
-                    xb, yb = x[index], y[index]
-                    optimizer.zero_grad()
-                    loss = F.cross_entropy(model(xb), yb)
-                    if not torch.isfinite(loss):
-                        break
-                    loss.backward()
-                    if variant == "agc":
-                        chosen = [p for n, p in model.named_parameters() if n not in HEAD]
-                        result["agc_clipped"][i, t] = nf.adaptive_clip_grad_(chosen, clipping)
-                    if variant != "agc" or agc_step:
-                        optimizer.step()
-                    if record_after:
-                        with torch.no_grad():
-                            loss = F.cross_entropy(model(xb), yb)
-                    result[variant][i, t] = loss.item()
-        return result
-    return residual_training
+# Wrong implementations: defined by learner name in tests/grading/wrong/ps08_normalization_free.py (where
+# the census and the one-bug test of test_all_parts.py find them); here, one list per Part, as in the
+# tables of the other sets. A Part of the SkipInit class sees a wrong class through the driver.
+
+def _by_part(name, *picks):
+    fns = wrong08.WRONG[name] if not picks else list(picks)
+    return [wrong08.driver(fn) for fn in fns] if name == "SkipInit" else fns
 
 
 WRONG = {
-    (PS, "skip_init"): [_driver(_SkipInitCopies), _driver(_SkipInitPlainTensor), _driver(_SkipInitScalesSkip)],
-    (PS, "skip_init_hidden"): [_driver(_SkipInitCopies), _driver(_SkipInitPlainTensor), _driver(_SkipInitFloat),
-                               _driver(_SkipInitIgnoresInit), _driver(_SkipInitScalesSkip),
-                               _driver(_SkipInitResetsBranch), _driver(_SkipInitTrainsBranch)],
-    (PS, "weight_standardization"): [_ws_released_code, _ws_per_input, _ws_float64_out],
-    (PS, "weight_standardization_hidden"): [_ws_released_code, _ws_per_input, _ws_whole_tensor, _ws_float64_out,
-                                            _ws_in_place],
-    (PS, "scaled_weight_standardization"): [_sws_with(sqrt_n=False), _sws_with(eps_added=True),
-                                            _sws_with(gain_last_axis=True)],
-    (PS, "scaled_weight_standardization_hidden"): [_sws_with(sqrt_n=False), _sws_with(eps_added=True),
-                                                   _sws_with(gain_last_axis=True), _sws_with(ddof=1),
-                                                   _sws_with(use_gamma=False)],
-    (PS, "unitwise_norm"): [_norm_no_keepdims, _norm_vector_per_element, _norm_squared],
-    (PS, "unitwise_norm_hidden"): [_norm_no_keepdims, _norm_vector_per_element, _norm_squared, _norm_over_axis0],
-    (PS, "adaptive_clip_grad"): [_agc_with(floor=False), _agc_with(always=True), _agc_with(in_place=True)],
-    (PS, "adaptive_clip_grad_hidden"): [_agc_with(floor=False), _agc_with(always=True), _agc_with(whole=True),
-                                        _agc_with(eps_added=True), _agc_with(elementwise=True),
-                                        _agc_with(in_place=True)],
-    (PS, "agc_backward"): [_agc_backward_with(clear=False), _agc_backward_with(respect_exclude=False),
-                           _agc_backward_with(tensor_share=True), _agc_backward_with(step=True)],
-    (PS, "agc_backward_hidden"): [_agc_backward_with(clear=False), _agc_backward_with(respect_exclude=False),
-                                  _agc_backward_with(floor=False), _agc_backward_with(mode=True),
-                                  _agc_backward_with(tensor_share=True), _agc_backward_with(per_parameter=True),
-                                  _agc_backward_with(step=True)],
-    (PS, "dynamic_tanh_backward"): [_dyt_with(alpha_in_dx=False), _dyt_with(gamma_in_dalpha=False),
-                                    _dyt_with(float_dalpha=True)],
-    (PS, "dynamic_tanh_backward_hidden"): [_dyt_with(alpha_in_dx=False), _dyt_with(gamma_in_dalpha=False),
-                                           _dyt_with(dweight_all=True), _dyt_with(slope_with_alpha=False),
-                                           _dyt_with(float_dalpha=True)],
-    (PS, "residual_training"): [_training_with(swap=True), _training_with(agc_network="skipinit"),
-                                _training_with(record_after=True), _training_with(agc_step=False)],
+    (PS, "skip_init"): _by_part("SkipInit", wrong08._SkipInitCopies, wrong08._SkipInitPlainTensor,
+                                wrong08._SkipInitScalesSkip),
+    (PS, "skip_init_hidden"): _by_part("SkipInit"),
+    (PS, "weight_standardization"): _by_part("weight_standardization", wrong08._ws_released_code,
+                                             wrong08._ws_per_input, wrong08._ws_float64_out),
+    (PS, "weight_standardization_hidden"): _by_part("weight_standardization"),
+    (PS, "scaled_weight_standardization"): _by_part("scaled_weight_standardization", wrong08.sws_forgets_sqrt_n,
+                                                    wrong08.sws_eps_added, wrong08.sws_gain_on_last_axis),
+    (PS, "scaled_weight_standardization_hidden"): _by_part("scaled_weight_standardization"),
+    (PS, "unitwise_norm"): _by_part("unitwise_norm", wrong08._norm_no_keepdims, wrong08._norm_vector_per_element,
+                                    wrong08._norm_squared),
+    (PS, "unitwise_norm_hidden"): _by_part("unitwise_norm"),
+    (PS, "adaptive_clip_grad"): _by_part("adaptive_clip_grad", wrong08.agc_no_floor, wrong08.agc_rescales_every_unit,
+                                         wrong08.agc_in_place),
+    (PS, "adaptive_clip_grad_hidden"): _by_part("adaptive_clip_grad"),
+    (PS, "agc_backward"): _by_part("agc_backward", wrong08.agc_backward_accumulates,
+                                   wrong08.agc_backward_clips_excluded, wrong08.agc_backward_tensor_share,
+                                   wrong08.agc_backward_steps),
+    (PS, "agc_backward_hidden"): _by_part("agc_backward"),
+    (PS, "dynamic_tanh_backward"): _by_part("dynamic_tanh_backward", wrong08.dyt_no_alpha_in_dx,
+                                            wrong08.dyt_dalpha_without_gamma, wrong08.dyt_float_dalpha),
+    (PS, "dynamic_tanh_backward_hidden"): _by_part("dynamic_tanh_backward"),
+    (PS, "residual_training"): _by_part("residual_training"),
 }
-
-#: The same mistakes keyed by the name the learner writes (the layout of ``tests/grading/wrong/<set>.py``):
-#: ``run_skip_init`` is the course's driver, the learner writes ``SkipInit``.
-WRONG_BY_NAME = {
-    "SkipInit": [_SkipInitCopies, _SkipInitPlainTensor, _SkipInitFloat, _SkipInitIgnoresInit, _SkipInitScalesSkip,
-                 _SkipInitResetsBranch, _SkipInitTrainsBranch],
-    **{get_part(*key).function: fns for key, fns in WRONG.items()
-       if key[1].endswith("_hidden") and get_part(*key).function != "run_skip_init"},
-    "residual_training": WRONG[(PS, "residual_training")],
-}
-#: The experiment runs the learner's SkipInit and agc_backward by design: a bug there may cost it too.
-USES = {"residual_training": ("SkipInit", "agc_backward")}
+WRONG_BY_NAME, USES = wrong08.WRONG, wrong08.USES
 
 
 def test_every_part_has_wrong_implementations():
@@ -441,7 +116,7 @@ def test_correct_variants_pass():
     """Implementations written differently from the solution earn the points."""
     def agc_scalar_result(grad, weight, clipping=0.01, eps=1e-3):  # returns numpy scalars for 0-d input
         g, w = np.asarray(grad, dtype=np.float64), np.asarray(weight, dtype=np.float64)
-        axes = _unit_axes(g) if g.ndim >= 2 else tuple(range(g.ndim))
+        axes = tuple(range(1, g.ndim)) if g.ndim >= 2 else tuple(range(g.ndim))
         g_norm = np.linalg.norm(g.reshape(g.shape[0], -1) if g.ndim >= 2 else g.reshape(1, -1), axis=1)
         w_norm = np.linalg.norm(w.reshape(w.shape[0], -1) if w.ndim >= 2 else w.reshape(1, -1), axis=1)
         with np.errstate(divide="ignore"):
@@ -484,7 +159,7 @@ def test_correct_variants_pass():
     for grade_id, fn in [("adaptive_clip_grad_hidden", agc_scalar_result),
                          ("adaptive_clip_grad", agc_scalar_result),
                          ("scaled_weight_standardization_hidden", sws_via_ws),
-                         ("skip_init_hidden", _driver(SkipInitVector)),
+                         ("skip_init_hidden", wrong08.driver(SkipInitVector)),
                          ("agc_backward_hidden", agc_backward_zero_grad),
                          ("agc_backward", agc_backward_zero_grad)]:
         assert get_part(PS, grade_id).check(fn) > 0, grade_id
@@ -694,8 +369,9 @@ def test_skip_init_reference_is_the_formula():
 def _course_experiment() -> dict:
     data = ps08.load_digits_tensors()
     torch.set_num_threads(1)
-    return _training_with()(data.x_train, data.y_train, ps08.EXPERIMENT_SEEDS, lr=ps08.EXPERIMENT_LR,
-                            steps=ps08.EXPERIMENT_STEPS, clipping=ps08.EXPERIMENT_CLIPPING)
+    experiment = wrong08._training_with("residual_training")  # no mistake: the course's SkipInit and AGC
+    return experiment(data.x_train, data.y_train, ps08.EXPERIMENT_SEEDS, lr=ps08.EXPERIMENT_LR,
+                      steps=ps08.EXPERIMENT_STEPS, clipping=ps08.EXPERIMENT_CLIPPING)
 
 
 def _judge_experiment(result):
@@ -799,7 +475,7 @@ def test_no_bare_assert_in_a_test_cell():
                 f"{_meta(cell)['grade_id']}: a bare assert at line {node.lineno}"
 
 
-TOTAL = re.compile(r"\*\*Points: (\d+) in total\*\*, (\d+) autograded and (\d+) graded by hand")
+TOTAL = re.compile(r"Points: (\d+) in total, (\d+) autograded and (\d+) for the written answers")
 ROW = re.compile(r"^\|\s*(\d)\s*\|\s*(.+?)\s*\|\s*(\d*)\s*\|\s*(\d*)\s*\|\s*(\d*)\s*\|$", re.MULTILINE)
 
 
