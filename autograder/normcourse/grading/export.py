@@ -23,10 +23,10 @@ COLUMNS = ["assignment", "duedate", "timestamp", "student_id", "last_name", "fir
 def export_rows(course, problem_set: str | None = None) -> list[dict]:
     from nbgrader.api import Gradebook, MissingEntry
 
-    from .autograde import ledger_path
     from .ledger import Ledger
+    from .result import GradeResult
 
-    ledger = Ledger(ledger_path(course))
+    ledger = Ledger(course)
     rows = []
     with Gradebook(course.db_url) as gb:
         assignments = [gb.find_assignment(problem_set)] if problem_set else gb.assignments
@@ -44,7 +44,7 @@ def export_rows(course, problem_set: str | None = None) -> list[dict]:
                        "first_name": student.first_name or "", "email": student.email or "",
                        "max_score": assignment.max_score,
                        "status": record.get("status", "not graded"), "reason": record.get("reason", ""),
-                       "flags": "; ".join(record.get("flags", []))}
+                       "flags": "; ".join(GradeResult.from_json(record["result"]).flags if record else [])}
                 if submission is not None:
                     penalty = submission.late_submission_penalty or 0.0
                     row.update(timestamp=submission.timestamp or "", raw_score=submission.score,
