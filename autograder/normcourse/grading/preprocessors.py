@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 
-from nbclient.exceptions import DeadKernelError
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.notebooknode import NotebookNode
 from nbgrader import utils
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
@@ -102,6 +102,10 @@ class SandboxedExecute(Execute):
             self._stopped = "the kernel died in an earlier cell (does the code exit the process or exhaust memory?)"
             mark_not_run(cell, "the kernel died while running this cell")
             cell.metadata["normcourse"]["kernel_died"] = True
+            return cell, resources
+        except CellTimeoutError as exc:  # nbclient gives up on the cell's output: it failed, the rest goes on
+            cell.outputs.append(NotebookNode(output_type="error", ename="CellTimeoutError",
+                                             evalue=str(exc).splitlines()[0], traceback=[str(exc).splitlines()[0]]))
             return cell, resources
 
     def output(self, outs, msg, display_id, cell_index):

@@ -170,7 +170,7 @@ def _rule_note(attempts: list[dict]) -> str:
     if not attempts:
         return ""
     first = attempts[0]
-    return f" (your code tried to import {first['module']}: {first['message'].split(': ', 1)[-1]})"
+    return f" (your code tried to import {first['module']}: {first['message']})"
 
 
 def recheck_notebook(nb, problem_set: str, host, *, salt: int | None = None, call_timeout: float = 30.0,
