@@ -4,16 +4,19 @@ One build per session (see conftest.py). These tests read the build log and the 
 _build/html; tests/book/test_browser.py then opens every page in a real browser.
 """
 
+import hashlib
 import re
+from html.parser import HTMLParser
 
 import pytest
 
-from book_site import REPO, toc_pages
+from book_site import REPO, problem_set_pages, release_notebook, released_problem_sets, toc_pages
 
 pytestmark = pytest.mark.book
 
 SPHINX_PROBLEM = re.compile(r"(WARNING|ERROR|CRITICAL):")
 CHAPTERS = [page for page in toc_pages() if page.startswith("chapters/")]
+PROBLEM_SETS = released_problem_sets()
 
 
 def test_build_succeeds_with_zero_warnings(book_build):
@@ -23,11 +26,9 @@ def test_build_succeeds_with_zero_warnings(book_build):
         + "\n".join(problems[:50]) + "\n--- end of log ---\n" + book_build.log[-3000:])
 
 
-def test_toc_lists_seven_chapters_in_order():
-    assert CHAPTERS == [
-        "chapters/01_internal_covariate_shift", "chapters/02_loss_smoothing",
-        "chapters/03_scopes_images", "chapters/04_scopes_sequences",
-        "chapters/05_jacobian_bounds", "chapters/06_transformers", "chapters/07_tradeoffs"]
+def test_toc_lists_every_chapter_in_order():
+    on_disk = sorted(f"chapters/{p.stem}" for p in (REPO / "chapters").glob("[0-9][0-9]_*.md"))
+    assert len(on_disk) >= 8 and CHAPTERS == on_disk
 
 
 def test_every_toc_page_is_built(built_site):
@@ -132,3 +133,116 @@ def test_config_executes_every_chapter_strictly_and_keeps_the_rest_out():
     assert config["launch_buttons"]["thebe"] is False
     assert "sphinx_thebe" not in config["sphinx"]["config"]["extensions"]
     assert not config["sphinx"]["config"]["mathjax_path"].startswith(("http:", "https:", "//"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Problem-set pages (scripts/sphinx_ext/problem_sets.py).
+
+def test_every_release_has_a_problem_set_page_and_every_page_a_release():
+    pages = {page.split("/", 1)[1] for page in problem_set_pages()}
+    missing, orphans = sorted(set(PROBLEM_SETS) - pages), sorted(pages - set(PROBLEM_SETS))
+    assert not missing, (
+        f"releases without a page: {missing}. Add problem_sets/<name>.md: copy an existing page and write "
+        "what the set covers and which chapters it goes with; the parts, points and download are generated.")
+    assert not orphans, f"pages in problem_sets/ without a release exercises/<name>/<name>.ipynb: {orphans}"
+
+
+class _PartsTable(HTMLParser):
+    """The rows of the parts table (table.problem-set-parts) of a built page, as lists of cell texts."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self._depth, self._cell = [], 0, None
+
+    def handle_starttag(self, tag, attrs):
+        classes = (dict(attrs).get("class") or "").split()
+        if tag == "table" and "problem-set-parts" in classes:
+            self._depth = 1
+        elif tag == "table" and self._depth:
+            self._depth += 1
+        elif self._depth and tag == "tr":
+            self.rows.append([])
+        elif self._depth and tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "table" and self._depth:
+            self._depth -= 1
+        elif self._depth and tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+@pytest.mark.parametrize("name", PROBLEM_SETS)
+def test_problem_set_page_lists_every_graded_cell_and_the_totals(built_site, name):
+    """The table shows the release's graded cells in order with their points, and the sums are right."""
+    import nbformat
+
+    notebook = nbformat.read(release_notebook(name), as_version=4)
+    expected = []
+    for cell in notebook.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("grade") or meta.get("task"):
+            expected.append((meta["grade_id"], float(meta["points"]), bool(meta.get("solution") or meta.get("task"))))
+    html = (built_site / "problem_sets" / f"{name}.html").read_text(encoding="utf-8")
+    table = _PartsTable()
+    table.feed(html)
+    assert table.rows, f"problem_sets/{name}.html has no parts table"
+    header, rows = table.rows[0], [row for row in table.rows[1:] if len(row) == 3]
+    assert header == ["Graded cell", "What it checks", "Points"], header
+    shown = [(row[0].split(" (")[0], float(row[2]), row[0].endswith("(hand-graded)")) for row in rows]
+    assert shown == expected, f"problem_sets/{name}.html: table rows {shown}, release has {expected}"
+    autograded = sum(points for _, points, manual in expected if not manual)
+    manual = sum(points for _, points, manual in expected if manual)
+    text = " ".join(re.sub(r"<[^>]+>", "", html).split())
+    assert f"Total: {autograded + manual:g} points: {autograded:g} autograded" in text, "total missing or wrong"
+    if manual:
+        assert f"and {manual:g} hand-graded" in text, "hand-graded points missing or wrong"
+
+
+POINTER = re.compile(r"<p><strong>(?:Practice|Problem sets?)\.</strong>(.*?)</p>", re.DOTALL)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_points_to_its_problem_set_pages(built_site, chapter):
+    """The closing "Practice." / "Problem set." paragraph links the sets' pages, not repository paths."""
+    html = (built_site / f"{chapter}.html").read_text(encoding="utf-8")
+    pointers = POINTER.findall(html)
+    assert pointers, f"{chapter} has no closing 'Practice.' or 'Problem set.' paragraph"
+    linked = sorted(set(re.findall(r'href="\.\./problem_sets/(\w+)\.html"', pointers[-1])))
+    assert linked, f"{chapter}: the closing pointer links no problem-set page: {pointers[-1][:300]}"
+    assert set(linked) <= set(PROBLEM_SETS), f"{chapter} links pages of unreleased sets: {linked}"
+
+
+def _sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_site_offers_each_release_once_and_nothing_from_solutions(built_site):
+    releases = {_sha256(release_notebook(name)): name for name in PROBLEM_SETS}
+    downloads = sorted((built_site / "_downloads").rglob("*.ipynb"))
+    offered = [releases.get(_sha256(path), f"NOT A RELEASE: {path.relative_to(built_site)}") for path in downloads]
+    assert sorted(offered) == PROBLEM_SETS, f"_downloads/ holds {offered}, expected each of {PROBLEM_SETS} once"
+    solution_files = {_sha256(path): path for path in (REPO / "solutions").rglob("*") if path.is_file()}
+    copied = [f"{path.relative_to(built_site)} = {solution_files[_sha256(path)].relative_to(REPO)}"
+              for path in built_site.rglob("*") if path.is_file() and _sha256(path) in solution_files]
+    assert not copied, f"files from solutions/ in the site: {copied}"
+    markers = [f"{path.relative_to(built_site)}: {marker}" for path in built_site.rglob("*.ipynb")
+               for marker in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS")
+               if marker in path.read_text(encoding="utf-8", errors="replace")]
+    assert not markers, f"notebooks in the site carry nbgrader solution markers: {markers}"
+
+
+def test_favicon_is_configured_and_shipped(built_site):
+    import yaml
+
+    config = yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))
+    favicon = config["html"]["favicon"]
+    assert not favicon.startswith(("http:", "https:", "//")), "the favicon must be served by the site itself"
+    assert (REPO / favicon).is_file(), f"html.favicon names {favicon}, which does not exist"
+    shipped = built_site / "_static" / (REPO / favicon).name
+    assert shipped.is_file() and shipped.read_bytes() == (REPO / favicon).read_bytes(), f"{shipped} missing"

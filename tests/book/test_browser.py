@@ -1,16 +1,26 @@
 """Every page of the built book, opened in headless Chromium, renders completely and offline.
 
-For each page: no request leaves 127.0.0.1, no console error or uncaught exception, no same-origin
-resource fails, every image decoded (naturalWidth > 0), every equation typeset by MathJax (an
-mjx-container in each math element, no MathJax error, no raw `$$` or `\\begin` left in the visible
-text), and every same-origin link answers HTTP 200 with its #anchor present. A full-page screenshot
-of each page goes to _build/screenshots/ for a human to look at.
+For each page: no request leaves 127.0.0.1, no console error or uncaught exception, no request of the
+page fails (HTTP status 400 or more, a network error, or never finished; the browser's own favicon
+request included), the favicon loads, one search box, every image decoded (naturalWidth > 0), every
+equation typeset by MathJax (an mjx-container in each math element, no MathJax error, no raw `$$` or
+`\\begin` left in the visible text), and every same-origin link answers HTTP 200 with its #anchor
+present. A full-page screenshot of each page goes to _build/screenshots/ for a human to look at.
+Each problem-set page's download link, clicked in the browser, delivers the committed release.
+
+Requests are watched through the Chrome DevTools Protocol (Network domain), not Playwright's request
+events or routing: Chromium fetches the favicon outside the page's request pipeline, so Playwright
+does not report that request, and with a route installed Chromium silently drops a failing favicon
+request, which is how a missing favicon went unnoticed. Outside hosts are made unreachable by a proxy
+that does not exist (Chromium bypasses proxies for loopback), so nothing is fetched from the network
+while the test still sees, and fails on, every attempt.
 
 Chromium is Debian's /usr/bin/chromium (scripts/setup.sh --browser installs it); never
 `playwright install`, which downloads a browser.
 """
 
 import re
+import time
 import urllib.error
 import urllib.request
 from html.parser import HTMLParser
@@ -19,17 +29,23 @@ from urllib.parse import unquote, urldefrag, urljoin, urlparse
 
 import pytest
 
-from book_site import BUILD, toc_pages
+from book_site import BUILD, release_notebook, released_problem_sets, toc_pages
 
 pytestmark = pytest.mark.book
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                 # Every non-loopback request goes to a proxy on the discard port, where nothing listens,
+                 # and fails (net::ERR_PROXY_CONNECTION_FAILED); 127.0.0.1 bypasses proxies implicitly.
+                 "--proxy-server=http://127.0.0.1:9"]
 SCREENSHOTS = BUILD / "screenshots"
 # Every page of the table of contents plus the two pages Sphinx generates.
 PAGES = [f"{page}.html" for page in toc_pages()] + ["genindex.html", "search.html", "index.html"]
 PAGE_TIMEOUT_MS = 60_000
+# After the page has settled, how long requests still in flight (the favicon's, say) may take to finish.
+PENDING_REQUEST_TIMEOUT_S = 10
+PROBLEM_SETS = released_problem_sets()
 
 
 @pytest.fixture(scope="session")
@@ -123,13 +139,35 @@ INSPECT_JS = """
   const visible = article.cloneNode(true);
   visible.querySelectorAll('pre, code, script, style, mjx-container, .highlight, textarea')
          .forEach(node => node.remove());
+  // Search controls a reader sees around the content (search.html has its own form in <main>).
+  const searchControls = Array.from(document.querySelectorAll(
+      '.search-button-field, button.search-button, form.bd-search, input[type="search"]'))
+      .filter(el => !el.closest('dialog') && !el.closest('main'))
+      .filter(el => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== 'hidden')
+      .filter((el, _, all) => !all.some(other => other !== el && other.contains(el)))
+      .map(el => (el.closest('[id]') || {}).id || el.className);
+  const icons = Array.from(document.querySelectorAll('link[rel~="icon"]')).map(link => link.href);
+  // A parts table wider than its scroll container hides columns behind a scroll bar.
+  const overflowingTables = Array.from(document.querySelectorAll('table.problem-set-parts'))
+      .filter(table => table.scrollWidth > table.parentElement.clientWidth + 1)
+      .map(table => `${table.scrollWidth}px in ${table.parentElement.clientWidth}px`);
   const links = Array.from(document.querySelectorAll('a[href]')).map(a => a.href);
   const ids = Array.from(document.querySelectorAll('[id], [name]')).map(n => n.id || n.getAttribute('name'));
   return {usesMathJax, mathCount: mathNodes.length, untypeset, mathErrors, undefinedMacros, brokenImages,
-          text: visible.innerText, links, ids,
+          text: visible.innerText, links, ids, searchControls, icons, overflowingTables,
           mathJaxReady: !usesMathJax || !!(window.MathJax && window.MathJax.startup &&
                                            window.MathJax.startup.document)};
 }
+"""
+
+# Loads each icon the page declares as an image; the request shows up in the network record too.
+ICON_JS = """
+async (hrefs) => Promise.all(hrefs.map(href => new Promise(done => {
+  const img = new Image();
+  img.onload = () => done([href, img.naturalWidth > 0]);
+  img.onerror = () => done([href, false]);
+  img.src = href;
+})))
 """
 
 RAW_TEX = [
@@ -139,42 +177,98 @@ RAW_TEX = [
 ]
 
 
+class NetworkRecord:
+    """Every request of one page, from the DevTools Protocol: what left 127.0.0.1, what failed, what is pending.
+
+    A request that a navigation cut short (index.html redirects to the root page, abandoning the
+    redirect page's favicon request) belongs to a document the reader never sees: it does not count as
+    failed, but an error status it received still does.
+    """
+
+    def __init__(self, context, page, origin):
+        self.origin, self.problems = origin, []
+        self.requests = {}  # request id -> (url, loader id)
+        self.pending, self.failed, self.main_frame, self.document_loader = set(), [], None, None
+        session = context.new_cdp_session(page)
+        session.on("Network.requestWillBeSent", self._sent)
+        session.on("Network.responseReceived", self._response)
+        session.on("Network.loadingFinished", lambda event: self.pending.discard(event["requestId"]))
+        session.on("Network.loadingFailed", self._failed)
+        session.send("Network.enable")
+
+    def _sent(self, event):
+        url = event["request"]["url"]
+        self.requests[event["requestId"]] = (url, event.get("loaderId"))
+        if event.get("type") == "Document" and self.main_frame in (None, event.get("frameId")):
+            self.main_frame, self.document_loader = event.get("frameId"), event.get("loaderId")
+        parsed = urlparse(url)
+        if parsed.scheme in ("http", "https", "ws", "wss"):
+            self.pending.add(event["requestId"])
+            if parsed.netloc != self.origin:
+                self.problems.append(f"request left 127.0.0.1: {url}")
+
+    def _response(self, event):
+        status = event["response"]["status"]
+        if status >= 400:
+            self.problems.append(f"HTTP {status}: {event['response']['url']}")
+
+    def _failed(self, event):
+        self.pending.discard(event["requestId"])
+        self.failed.append((event["requestId"], event["errorText"], event.get("canceled", False)))
+
+    def _abandoned(self, request_id):
+        return self.requests.get(request_id, ("", None))[1] != self.document_loader
+
+    def finish(self, page):
+        """Wait for requests still in flight, then return every problem seen."""
+        deadline = time.monotonic() + PENDING_REQUEST_TIMEOUT_S
+        while self.pending and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        problems = list(self.problems)
+        problems += [f"request failed: {self.requests.get(request_id, ('?',))[0]} ({error})"
+                     for request_id, error, canceled in self.failed
+                     if not (canceled and self._abandoned(request_id))]
+        problems += [f"request never finished: {self.requests[request_id][0]}" for request_id in sorted(self.pending)
+                     if not self._abandoned(request_id)]
+        return problems
+
+
 @pytest.mark.parametrize("page_path", PAGES)
 def test_page_renders_offline_and_completely(browser, site_url, link_checker, page_path):
     origin = urlparse(site_url).netloc
     problems = []
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-
-    def police(route):
-        # Anything not served by our loopback server is recorded and refused.
-        if urlparse(route.request.url).netloc != origin:
-            problems.append(f"request left 127.0.0.1: {route.request.url}")
-            route.abort()
-        else:
-            route.continue_()
-
-    context.route("**/*", police)
     page = context.new_page()
+    network = NetworkRecord(context, page, origin)
     page.on("console", lambda message: message.type == "error" and problems.append(
         f"console error: {message.text} ({message.location.get('url', '')})"))
     page.on("pageerror", lambda error: problems.append(f"uncaught exception: {error}"))
-    page.on("requestfailed", lambda request: urlparse(request.url).netloc == origin and problems.append(
-        f"request failed: {request.url} ({request.failure})"))
-    page.on("response", lambda response: response.status >= 400 and problems.append(
-        f"HTTP {response.status}: {response.url}"))
     try:
         response = page.goto(site_url + page_path, wait_until="load", timeout=PAGE_TIMEOUT_MS)
         assert response is not None and response.ok, f"{page_path}: HTTP {response and response.status}"
         page.wait_for_load_state("networkidle", timeout=PAGE_TIMEOUT_MS)
         page.evaluate(SETTLE_JS)
         report = page.evaluate(INSPECT_JS)
+        icons = page.evaluate(ICON_JS, report["icons"])
+        network_problems = network.finish(page)
         if page_path.startswith("chapters/") or page_path in {f"{p}.html" for p in toc_pages()}:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / page_path.replace("/", "__").replace(".html", ".png")),
                             full_page=True)
     finally:
         context.close()
+    problems = network_problems + problems
 
+    # The favicon: declared (else Chromium asks for /favicon.ico), served from here, and an image.
+    if not report["icons"]:
+        problems.append("no <link rel=icon>: the browser requests /favicon.ico, which the site does not have")
+    problems += [f"favicon {href} is not served from 127.0.0.1" for href in report["icons"]
+                 if urlparse(href).netloc != origin]
+    problems += [f"favicon {href} does not load as an image" for href, loaded in icons if not loaded]
+    # One search box around the page (pydata-sphinx-theme once added a second one in a header bar).
+    if len(report["searchControls"]) != 1:
+        problems.append(f"{len(report['searchControls'])} search boxes, expected 1: {report['searchControls']}")
+    problems += [f"parts table wider than the page: {text}" for text in report["overflowingTables"]]
     # Typesetting.
     if report["mathCount"]:
         assert report["usesMathJax"], f"{page_path} has math but loads no MathJax"
@@ -214,3 +308,28 @@ def test_every_built_page_is_opened_by_the_browser_test(built_site):
     built = {path.relative_to(built_site).as_posix() for path in built_site.rglob("*.html")
              if "_static" not in path.relative_to(built_site).parts}
     assert built <= set(PAGES), f"pages the browser test does not open: {sorted(built - set(PAGES))}"
+
+
+@pytest.mark.parametrize("name", PROBLEM_SETS)
+def test_problem_set_page_downloads_the_committed_release(browser, site_url, name):
+    """Click the page's download link as a reader would: the file saved is exercises/<name>/<name>.ipynb."""
+    context = browser.new_context(accept_downloads=True)
+    try:
+        page = context.new_page()
+        response = page.goto(f"{site_url}problem_sets/{name}.html", wait_until="load", timeout=PAGE_TIMEOUT_MS)
+        assert response is not None and response.ok, f"problem_sets/{name}.html: HTTP {response and response.status}"
+        # Sphinx's download role: <a class="reference download internal" download href="../_downloads/...">
+        link = page.locator(f'a.download[href$="/{name}.ipynb"]')
+        assert link.count() == 1, (f"problem_sets/{name}.html has {link.count()} download links to {name}.ipynb, "
+                                   "expected 1 (the problem-set-download directive)")
+        with page.expect_download(timeout=PAGE_TIMEOUT_MS) as started:
+            link.click()
+        download = started.value
+        assert download.failure() is None, f"download of {name}.ipynb failed: {download.failure()}"
+        assert download.suggested_filename == f"{name}.ipynb", download.suggested_filename
+        data = Path(download.path()).read_bytes()
+    finally:
+        context.close()
+    release = release_notebook(name).read_bytes()
+    assert data == release, (f"{name}.ipynb downloaded from the page ({len(data)} bytes) differs from the "
+                             f"committed release exercises/{name}/{name}.ipynb ({len(release)} bytes)")

@@ -13,5 +13,9 @@ Modules:
   landscape probes along the gradient);
 - :mod:`~normcourse.lab.transformer`: a tiny Transformer with Post-LN / Pre-LN blocks;
 - :mod:`~normcourse.lab.placements`: per-block gradient norms of Post-LN and Pre-LN at initialization;
-- :mod:`~normcourse.lab.experiments`: the larger experiment drivers of the chapters.
+- :mod:`~normcourse.lab.experiments`: the larger experiment drivers of the chapters;
+- :mod:`~normcourse.lab.batchnorm_practice`: chapter 8's drivers (train/eval bugs, frozen BN, folding, ghost
+  batches, Batch Renormalization, dropout's variance shift, weight decay with scale invariance);
+- :mod:`~normcourse.lab.normalization_free`: chapter 9's layers and drivers (residual stacks, SkipInit, Fixup,
+  Weight Standardization, NF blocks with adaptive gradient clipping, Dynamic Tanh).
 """
