@@ -69,20 +69,26 @@ def test_release_leaks_nothing(gate_course, ps):
 
 @pytest.mark.parametrize("ps", PROBLEM_SETS)
 def test_solution_earns_full_marks(gate_grades, ps):
+    from normcourse.grading.result import GradeResult
+
     record = gate_grades[ps].records["solution"]
-    assert record["status"] == "graded", record.get("reason") or record.get("log_tail")
-    lost = {k: (p["auto_score"], p["max_score"], p.get("reason")) for k, p in record["parts"].items()
-            if p["kind"] == "autograded" and p["auto_score"] != p["max_score"]}
+    result = GradeResult.from_json(record["result"])
+    assert record["status"] == "graded", (record["reason"], result.flags)
+    lost = {p.grade_id: (p.score, p.max_score, p.reason) for p in result.parts
+            if p.kind == "autograded" and p.score != p.max_score}
     assert lost == {}
-    assert all(p.get("recheck_passed") is not False for p in record["parts"].values())
-    assert record["flags"] == []
+    assert all(p.recheck is not False for p in result.parts) and result.sandboxed
+    assert [f for f in result.flags if "not confirmed outside the kernel" not in f] == []
 
 
 @pytest.mark.parametrize("ps", PROBLEM_SETS)
 def test_untouched_release_earns_zero(gate_grades, ps):
+    from normcourse.grading.result import GradeResult
+
     record = gate_grades[ps].records["release"]
-    assert record["status"] == "graded", record.get("reason") or record.get("log_tail")
-    earned = {k: p["auto_score"] for k, p in record["parts"].items() if p["kind"] == "autograded" and p["auto_score"]}
+    result = GradeResult.from_json(record["result"])
+    assert record["status"] == "graded", (record["reason"], result.flags)
+    earned = {p.grade_id: p.score for p in result.parts if p.kind == "autograded" and p.score}
     assert earned == {}
 
 
