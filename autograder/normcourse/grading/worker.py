@@ -180,7 +180,10 @@ def _grade(task: GradeTask, result: GradeResult) -> None:
     from .host import IMPORTS_TORCH
 
     problem_set, student = task.problem_set, task.student
-    with tempfile.TemporaryDirectory(prefix="normcourse-grade-") as tmp:
+    # In memory where the machine has /dev/shm: nbgrader commits to its private gradebook once per cell,
+    # and each commit is an fsync on disk.
+    scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="normcourse-grade-", dir=scratch) as tmp:
         workspace = Path(tmp)
         source = workspace / "solutions" / problem_set
         submitted = workspace / "submitted" / student / problem_set
@@ -234,8 +237,7 @@ def _grade(task: GradeTask, result: GradeResult) -> None:
         t = time.monotonic()
         _recheck_and_score(autograded, problem_set, host, task, result)
         result.timings["recheck"] = round(time.monotonic() - t, 3)
-        host.reset(None)
-        result.files = read_files(autograded)
+        result.files = read_files(autograded)  # (the next submission's reset ends whatever this one left)
         result.status = "graded"
 
 
