@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from .recheck_child import Foreign, Observed, decode, unpack
 
-__all__ = ["PartOutcome", "Recheck", "learner_program", "recheck_notebook", "rule_groups"]
+__all__ = ["PartOutcome", "Recheck", "Program", "learner_program", "course_cells", "recheck_notebook", "rule_groups"]
 
 #: The largest result message the grader reads from a learner process.
 RESULT_LIMIT_BYTES = 256 << 20
@@ -69,23 +69,57 @@ class Recheck:
                 "forbidden": self.forbidden, "seconds": round(self.seconds, 3)}
 
 
-def learner_program(nb) -> list[str]:
-    """Python source of every code cell except autograded tests, magics translated, in notebook order."""
+@dataclass
+class Program:
+    """The learner's program: the source of each code cell to run, and which of them are the course's
+    own (locked, unchanged cells such as an imports cell or a provided driver)."""
+
+    sources: list[str]
+    course: set[int] = field(default_factory=set)
+
+    def learners(self, attempts: list[dict]) -> list[dict]:
+        """The forbidden-import attempts made by the learner's cells (a course cell may import course
+        modules for the notebook's own tests; in the re-check those imports just fail)."""
+        return [a for a in attempts if not (a["phase"].startswith("cell ")
+                                            and int(a["phase"].split()[1]) in self.course)]
+
+
+def learner_program(nb, course_cells: dict[str, str] | None = None) -> Program:
+    """Every code cell except autograded tests, magics translated, in notebook order.
+
+    ``course_cells`` maps the grade_id of each locked cell of the *source* notebook to its source; a
+    cell counts as the course's only if it has such a grade_id and that very source. Without it (the
+    learner's own self-check), a cell counts as the course's when its nbgrader metadata says locked.
+    """
     from IPython.core.inputtransformer2 import TransformerManager
     from nbgrader import utils
 
     transform = TransformerManager().transform_cell
-    program = []
+    program = Program([])
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         if utils.is_grade(cell) and not utils.is_solution(cell):
             continue  # a test cell: the re-check replaces it
+        meta = cell.metadata.get("nbgrader", {})
+        if course_cells is None:
+            if meta.get("locked") and not meta.get("solution"):
+                program.course.add(len(program.sources))
+        elif course_cells.get(meta.get("grade_id")) == cell.source:
+            program.course.add(len(program.sources))
         try:
-            program.append(transform(cell.source))
+            program.sources.append(transform(cell.source))
         except Exception:  # untranslatable input runs as-is and fails like it did in the kernel
-            program.append(cell.source)
+            program.sources.append(cell.source)
     return program
+
+
+def course_cells(source_nb) -> dict[str, str]:
+    """``{grade_id: source}`` of the locked, non-test code cells of a problem set's source notebook."""
+    from nbgrader import utils
+    return {c.metadata["nbgrader"]["grade_id"]: c.source for c in source_nb.cells
+            if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("locked")
+            and not utils.is_grade(c) and not utils.is_solution(c)}
 
 
 def rule_groups(parts) -> dict[tuple[str, ...], list]:
@@ -174,7 +208,7 @@ def _rule_note(attempts: list[dict]) -> str:
 
 
 def recheck_notebook(nb, problem_set: str, host, *, salt: int | None = None, call_timeout: float = 30.0,
-                     timeout: float = 300.0, grade_ids=None) -> Recheck:
+                     timeout: float = 300.0, grade_ids=None, course: dict[str, str] | None = None) -> Recheck:
     """Re-check every Part of ``problem_set`` (or those in ``grade_ids``) against the learner code in
     ``nb``, in learner processes started by ``host`` (:class:`normcourse.grading.host.Host`).
 
@@ -186,6 +220,8 @@ def recheck_notebook(nb, problem_set: str, host, *, salt: int | None = None, cal
         call_timeout: seconds for running each cell of the program and for each call.
         timeout: wall-clock seconds for the whole re-check; parts not reached by then fail.
         grade_ids: restrict to these parts.
+        course: the source notebook's locked cells (:func:`course_cells`), to tell the course's cells
+            from the learner's (see :func:`learner_program`).
     """
     from .parts import parts_of, provided_modules
 
@@ -193,7 +229,7 @@ def recheck_notebook(nb, problem_set: str, host, *, salt: int | None = None, cal
     deadline = started + timeout
     parts = [p for p in parts_of(problem_set) if grade_ids is None or p.grade_id in grade_ids]
     provided = provided_modules(problem_set)
-    program = learner_program(nb)
+    program = learner_program(nb, course)
     result = Recheck()
     for rules, group in rule_groups(parts).items():
         queue = [(part, part.make_cases(salt)) for part in group]
@@ -203,15 +239,15 @@ def recheck_notebook(nb, problem_set: str, host, *, salt: int | None = None, cal
             child = host.start_recheck(hidden, provided)
             reader = _Reader(child.results_fd)
             try:
-                child.commands.write(_frame({"program": program, "cell_timeout": call_timeout,
+                child.commands.write(_frame({"program": program.sources, "cell_timeout": call_timeout,
                                              "hidden": hidden, "provided": list(provided)}))
                 child.commands.flush()
-                head, _ = reader.read(min(deadline, time.monotonic() + call_timeout * (len(program) + 1) + 5))
+                head, _ = reader.read(min(deadline, time.monotonic() + call_timeout * (len(program.sources) + 1) + 5))
+                program_attempts = program.learners(head.get("forbidden", []))
                 if first_process:
                     result.cell_errors += head.get("cell_errors", [])
-                    result.forbidden += head.get("forbidden", [])
+                    result.forbidden += program_attempts
                     first_process = False
-                program_attempts = head.get("forbidden", [])
                 while queue:
                     part, cases = queue.pop(0)
                     outcome, alive = _run_part(part, cases, child, reader, call_timeout, deadline, program_attempts)

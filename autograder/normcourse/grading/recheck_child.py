@@ -282,6 +282,7 @@ def _run_program(program, namespace, limit: int, guard: ImportGuard) -> list:
 
     errors = []
     for index, source in enumerate(program):
+        guard.phase = f"cell {index}"
         try:
             statements = ast.parse(source, filename=f"<cell {index}>").body
         except SyntaxError as exc:

@@ -309,17 +309,19 @@ def _recheck_and_score(autograded: Path, problem_set: str, host, task: GradeTask
     import nbformat
     from nbgrader import utils
 
-    from .recheck import recheck_notebook
+    from .recheck import course_cells, recheck_notebook
 
     for nb_path in sorted(autograded.glob("*.ipynb")):
         name = nb_path.stem
         nb = nbformat.read(nb_path, as_version=4)
+        source = autograded.parents[2] / "solutions" / problem_set / nb_path.name
         written = [c.source for c in nb.cells if c.cell_type == "code" and utils.is_solution(c)]
         result.flags += [f"{name}: {r}" for r in suspicious_code(written)]
         grades = [p for p in result.parts if p.notebook == name and p.kind == "autograded"]
         ids = sorted(backed_ids(problem_set) & {p.grade_id for p in grades})
         check = recheck_notebook(nb, problem_set, host, salt=task.salt, call_timeout=task.cell_timeout,
-                                 timeout=task.recheck_timeout, grade_ids=ids) if ids else None
+                                 timeout=task.recheck_timeout, grade_ids=ids,
+                                 course=course_cells(nbformat.read(source, as_version=4))) if ids else None
         result.flags += score_with_recheck(name, nb, grades, check)
         if check is not None:
             result.timings[f"recheck_{name}"] = round(check.seconds, 3)
