@@ -2,7 +2,7 @@
 attacked by a submission, with the outcome an instructor must see.
 
 All attacks are graded in ONE batch by the real pipeline (``autograde``: local workers, nbgrader in
-the sandbox, the out-of-kernel re-check), with the sandbox on, 5 s per cell and a 25 s notebook
+the sandbox, the out-of-kernel re-check), with the sandbox on, 10 s per cell and a 40 s notebook
 budget. Each attacker is the same *wrong* submission (``center`` returns its input unchanged: 1 of
 4 autograded points, from ``scale``) plus one attack, so "the attack gained nothing" is exactly
 "it scores no more than the plain wrong submission" (:data:`BASELINE`). Attacks that look for
@@ -44,7 +44,7 @@ FIND_SECRETS = f"""
 import os, fnmatch
 found = []
 for top, dirs, files in os.walk('/'):
-    if top.startswith(('/proc', '/sys', '/dev')):
+    if top.startswith(('/proc', '/sys', '/dev')) or 'site-packages' in top:  # installed software: read-only
         dirs[:] = []
         continue
     for name in files:
@@ -318,8 +318,8 @@ def graded(tmp_path_factory):
         for student, nb in _variants(release_nb, server.port).items():
             submit(course, student, nb)
         submit(course, "invalid_json", raw=b'{"cells": [ this is not json')
-        options = AutogradeOptions(workers=2, cell_timeout=5, recheck_timeout=60, progress=False,
-                                   limits=Limits(notebook_seconds=25))
+        options = AutogradeOptions(workers=2, cell_timeout=10, recheck_timeout=90, progress=False,
+                                   limits=Limits(notebook_seconds=40))
         summary = autograde(course, PROBLEM_SET, options)
         leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"])
                      if any(f"{MARK}_BG" in part for part in (p.info["cmdline"] or []))]
@@ -411,7 +411,7 @@ def test_killing_the_parent_costs_only_the_attacker(graded):
 def test_an_endless_loop_that_ignores_sigint_ends_within_the_budget(graded):
     record, result = _result(graded, "sigint_loop")
     assert result.score == BASELINE
-    assert result.timings["nbgrader"] < 25 + 15, result.timings
+    assert result.timings["nbgrader"] < 40 + 20, result.timings
     center = result.part(PROBLEM_SET, "center_test")
     assert center.score == 0.0 and center.recheck is False and "did not return" in center.reason
 
