@@ -184,3 +184,24 @@ def test_report_writes_page_and_plots(course):
     assert (page.parent / "pass_rates.png").stat().st_size > 1000
     text = page.read_text()
     assert "center_test" in text and "Flagged submissions" in text
+
+
+def test_without_a_sandbox_autograde_refuses_unless_told_and_then_says_so(course, monkeypatch):
+    """Where no sandbox can start, grading stops with the reason; --no-sandbox grades, and every record,
+    the report and the export say the submission was graded without it."""
+    from normcourse.grading import sandbox
+    from normcourse.grading.autograde import autograde
+    from normcourse.grading.export import export_rows
+    from normcourse.grading.report import write_report
+    from normcourse.grading.result import GradeResult
+
+    submit(course, "erin", solution_nb())
+    monkeypatch.setattr(sandbox, "availability", lambda: (False, "bubblewrap is not installed (test)"))
+    with pytest.raises(sandbox.SandboxUnavailable, match="bubblewrap is not installed .test.*--no-sandbox"):
+        autograde(course, PROBLEM_SET, options(students=["erin"]))
+    summary = autograde(course, PROBLEM_SET, options(students=["erin"], sandbox=False))
+    record = summary.records["erin"]
+    assert record["status"] == "graded" and GradeResult.from_json(record["result"]).sandboxed is False
+    assert "WITHOUT the sandbox" in write_report(course, PROBLEM_SET).read_text()
+    erin = next(r for r in export_rows(course, PROBLEM_SET) if r["student_id"] == "erin")
+    assert erin["status"] == "graded"
