@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -188,6 +189,9 @@ def _patch_sizes(path: Path, name: bytes, size: int) -> None:
 
 
 def test_collect_limits_hold_against_lying_headers_and_many_entries(tmp_path):
+    """A header that understates an entry's size passes every check made on the header; reading it
+    yields at most the declared bytes (zipfile stops there; our own read cap is a second layer), the CRC
+    then fails and the entry is rejected. Entry count and total size are enforced per run."""
     from normcourse.grading.collect import collect_zip
 
     course = make_course(tmp_path / "c", release_it=False)
@@ -244,14 +248,19 @@ def test_nbgrader_zip_collect_with_the_config_behaves_the_same(tmp_path):
     archive = plain.root / "downloaded" / PROBLEM_SET / "archive"
     archive.mkdir(parents=True)
     os.link(lms, archive / "lms.zip")
+    (archive / "loose_9_ps00_fixture.ipynb").write_bytes(_nb_bytes())  # files next to the zip: same checks
+    (archive / "readme.txt").write_text("not a submission")
     (plain.root / "downloaded" / PROBLEM_SET / "extracted" / "stale").mkdir(parents=True)  # needs --force
     env = {k: v for k, v in os.environ.items() if k != "NORMCOURSE_GRADING_DIR"}
     nbgrader = Path(sys.executable).parent / "nbgrader"
     run = subprocess.run([str(nbgrader), "zip_collect", PROBLEM_SET, "--force"], cwd=plain.root, env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    for needle in ["climbs out", "symbolic link", "twice: 2 notebooks", "ann: a different submission already exists"]:
+    for needle in ["climbs out", "symbolic link", "twice: 2 notebooks", "ann: a different submission already exists",
+                   "readme.txt: not a notebook"]:
         assert needle in run.stderr, needle
+    assert (plain.submitted_dir(PROBLEM_SET, "loose") / f"{PROBLEM_SET}.ipynb").read_bytes() == _nb_bytes()
+    shutil.rmtree(plain.submitted_dir(PROBLEM_SET, "loose").parent)
 
     def submitted(course):
         tree = _tree(course.grading_dir / "submitted")
@@ -262,3 +271,18 @@ def test_nbgrader_zip_collect_with_the_config_behaves_the_same(tmp_path):
     assert sorted(course_students := plain.submitted_students(PROBLEM_SET)) == ["ann", "doejane", "smith"], \
         course_students
     assert (plain.submitted_dir(PROBLEM_SET, "ann") / f"{PROBLEM_SET}.ipynb").read_bytes() == _nb_bytes()
+
+
+def test_collect_same_name_twice_in_one_zip_is_a_duplicate(tmp_path):
+    import warnings
+
+    from normcourse.grading.collect import collect_zip
+
+    course = make_course(tmp_path / "c", release_it=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it writes
+        path = _zip([("ann_1_ps00_fixture.ipynb", _nb_bytes()), ("ann_1_ps00_fixture.ipynb", _changed_nb_bytes())],
+                    tmp_path)
+    report = collect_zip(course, PROBLEM_SET, path)
+    assert not report.accepted and "ann: 2 notebooks in the archive" in report.rejected[0]
+    assert not course.submitted_dir(PROBLEM_SET, "ann").exists()
