@@ -120,7 +120,11 @@ def cmd_feedback(args) -> int:
 
 def cmd_export(args) -> int:
     from .grading.export import export_csv
-    text = export_csv(_course(args), args.problem_set, args.output)
+    try:
+        text = export_csv(_course(args), args.problem_set, args.output, args.student)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not args.output:
         sys.stdout.write(text)
     return 0
@@ -183,9 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("problem_set")
     p.add_argument("--student", action="append")
 
-    p = add("export", cmd_export, "grades as CSV (csv module, quoted) with grading status")
-    p.add_argument("problem_set", nargs="?")
-    p.add_argument("-o", "--output")
+    p = add("export", cmd_export, "grades as CSV (nbgrader export with a quoting plugin) with each submission's "
+                                  "grading status")
+    p.add_argument("problem_set", nargs="?", help="only this problem set (default: all)")
+    p.add_argument("-o", "--output", help="write here (default: standard output)")
+    p.add_argument("--student", action="append", help="only this student (repeatable)")
 
     p = add("report", cmd_report, "grade histogram, per-part pass rates and flagged submissions (PNG + HTML)")
     p.add_argument("problem_set")
