@@ -286,3 +286,22 @@ def test_collect_same_name_twice_in_one_zip_is_a_duplicate(tmp_path):
     report = collect_zip(course, PROBLEM_SET, path)
     assert not report.accepted and "ann: 2 notebooks in the archive" in report.rejected[0]
     assert not course.submitted_dir(PROBLEM_SET, "ann").exists()
+
+
+def test_normcourse_collect_prints_the_report_and_fails_on_rejections(tmp_path, capsys):
+    from normcourse.cli import main
+
+    course = make_course(tmp_path / "c", release_it=False)
+    ok = _zip([("ann_1_2_ps00_fixture.ipynb", _nb_bytes())], tmp_path, "ok.zip")
+    assert main(["collect", PROBLEM_SET, str(ok), "--course", str(course.root)]) == 0
+    assert capsys.readouterr().out.startswith("accepted 1, unchanged 0, rejected 0")
+    changed = _zip([("ann_1_2_ps00_fixture.ipynb", _changed_nb_bytes()), ("x.pdf", b"%PDF")], tmp_path, "new.zip")
+    assert main(["collect", PROBLEM_SET, str(changed), "--course", str(course.root)]) == 1
+    out = capsys.readouterr().out
+    assert "REJECTED: ann: a different submission already exists" in out and "REJECTED: new.zip/x.pdf" in out
+    assert main(["collect", PROBLEM_SET, str(changed), "--course", str(course.root), "--overwrite"]) == 1  # x.pdf
+    assert "accepted: ann" in capsys.readouterr().out
+    (tmp_path / "not.zip").write_text("hello")
+    assert main(["collect", PROBLEM_SET, str(tmp_path / "not.zip"), "--course", str(course.root)]) == 2
+    assert main(["collect", PROBLEM_SET, str(ok), "--course", str(course.root), "--pattern", "(?P<x>a)"]) == 2
+    assert "student_id" in capsys.readouterr().err
