@@ -61,7 +61,8 @@ def postgres():
     init = run(bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8",
                "--locale=C.UTF-8")
     assert init.returncode == 0, init.stdout + init.stderr
-    options = f"-c listen_addresses= -c unix_socket_directories={folder} -c fsync=off -c full_page_writes=off"
+    options = (f"-c listen_addresses= -c unix_socket_directories={folder} -c fsync=off -c full_page_writes=off "
+               f"-c deadlock_timeout=3s")  # margin on a loaded machine for the deadlock test
     start = run(bindir / "pg_ctl", "-D", data, "-l", folder / "server.log", "-w", "-t", "120", "-o", options, "start")
     assert start.returncode == 0, start.stdout + start.stderr
     try:
@@ -109,6 +110,69 @@ def test_a_new_server_gradebook_is_stamped_once_with_nbgraders_schema(postgres):
         assert set(inspect(engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
     finally:
         engine.dispose()
+
+
+def test_a_merge_that_deadlocks_with_a_grader_is_retried_and_loses_nothing(postgres, tmp_path, monkeypatch):
+    """A grader's transaction holds the submission's last grade row and then wants its first one, while the
+    merge holds the first (it locks them in id order) and waits for the last: a deadlock. The server aborts
+    the merge's transaction (the grader's session waits far longer before checking), the merge rolls back,
+    retries once the grader has committed, and both the autograded scores and the grader's are there."""
+    import threading
+
+    import psycopg
+    from nbgrader.api import Gradebook
+
+    from normcourse.grading.autograde import _seeded, merge
+    from normcourse.grading.ledger import Ledger
+    from normcourse.grading.result import GradeResult, PartGrade
+
+    course = _course_on(postgres("deadlock"), tmp_path / "course", monkeypatch)
+    ledger = Ledger(course)
+    _seeded(course, PROBLEM_SET, ledger)
+    with Gradebook(course.db_url) as gb, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's own SQLAlchemy notice
+        gb.add_student("eve")
+        grades = {g.name: g.id for g in gb.add_submission(PROBLEM_SET, "eve").notebooks[0].grades}
+    first, last = min(grades.values()), max(grades.values())
+    socket = course.db_url.split("host=")[1]
+    connect = lambda: psycopg.connect(host=socket, user="postgres", dbname="deadlock")  # noqa: E731
+
+    grader, errors = connect(), []
+    grader.execute("SET deadlock_timeout = '60s'")
+    grader.execute("UPDATE grade SET manual_score = 0.75 WHERE id = %s", (last,))  # holds the last row
+
+    def grader_continues():
+        try:
+            with connect() as watch:  # wait until the merge waits for the last row, then want the first
+                while not watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                        ).fetchone()[0]:
+                    time.sleep(0.01)
+            grader.execute("UPDATE grade SET extra_credit = 0.5 WHERE id = %s", (first,))
+            grader.commit()
+        except Exception as exc:  # recorded: the assertion below names it
+            errors.append(exc)
+
+    thread = threading.Thread(target=grader_continues)
+    thread.start()
+    parts = [PartGrade(PROBLEM_SET, gid, "autograded", pts, score=pts)
+             for gid, pts in {"scale_test": 1.0, "center_shape": 1.0, "center_test": 2.0}.items()]
+    parts.append(PartGrade(PROBLEM_SET, "explain_centering", "manual", 1.0))
+    record = merge(course, ledger, GradeResult(PROBLEM_SET, "eve", "graded", parts=parts), attempts=1, force=False)
+    thread.join(timeout=120)
+    grader.close()
+    assert errors == []
+    assert record["status"] == "graded"
+    retries = [e for e in ledger.events if e["event"] == "gradebook_retry"]
+    assert len(retries) == 1 and "deadlock" in retries[0]["error"].lower()
+    with Gradebook(course.db_url) as gb:
+        got = {g.name: (g.auto_score, g.manual_score, g.extra_credit)
+               for g in gb.find_submission_notebook(PROBLEM_SET, PROBLEM_SET, "eve").grades}
+    by_id = {v: k for k, v in grades.items()}
+    expected = {"scale_test": 1.0, "center_shape": 1.0, "center_test": 2.0, "explain_centering": None}
+    for name, (auto, manual, extra) in got.items():
+        assert auto == expected[name], name
+        assert manual == (0.75 if name == by_id[last] else None), name
+        assert extra == (0.5 if name == by_id[first] else None), name
 
 
 #: The teaching assistant: writes, through nbgrader's Gradebook API as formgrader does, a manual score on
