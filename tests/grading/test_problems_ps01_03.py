@@ -19,6 +19,7 @@ from normcourse.grading.cases import EDGE_LABELS
 from normcourse.grading.compare import GradingError
 from normcourse.grading.parts import get_part, parts_of
 from normcourse.problems import ps02_batchnorm_state as ps02
+from normcourse.lab.gradcheck import upstream_loss
 from normcourse.problems import ps03_backward as ps03
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -345,7 +346,7 @@ def test_numerical_gradient_reference_matches_autograd():
     """Central differences of a loss through LayerNorm agree with torch.autograd to O(h^2)."""
     rng = np.random.default_rng(9)
     x, dy = rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
-    f = lambda z: ps03.upstream_loss(z, ref.layer_norm, dy, normalized_shape=(5,))  # noqa: E731
+    f = lambda z: upstream_loss(z, ref.layer_norm, dy, normalized_shape=(5,))  # noqa: E731
     numeric = ps03.numerical_gradient_reference(f, x, h=1e-5)
     xt = torch.tensor(x, requires_grad=True)
     (torch.nn.functional.layer_norm(xt, (5,)) * torch.from_numpy(dy)).sum().backward()

@@ -195,6 +195,29 @@ print('{MARK} REACHED', reached)
 """
 
 
+def _lookup_table() -> nbformat.NotebookNode:
+    """``center`` answers from a table of the reference's outputs on the hidden cases generated with the
+    notebook's public seeds (the package is open source), and is wrong on anything else."""
+    import base64
+
+    import numpy as np
+
+    from normcourse.grading.parts import get_part
+
+    table = {}
+    for grade_id in ("center_shape", "center_test"):
+        part = get_part(PROBLEM_SET, grade_id)
+        for case in part.make_cases():
+            x = np.asarray(case.args[0])
+            table[base64.b64encode(x.tobytes()).decode()] = base64.b64encode(
+                np.ascontiguousarray(part.reference(x)).tobytes()).decode()
+    return with_solution("center", f"import base64\nTABLE = {table!r}\n"
+                                   "def center(x):\n    x = np.asarray(x)\n"
+                                   "    hit = TABLE.get(base64.b64encode(np.ascontiguousarray(x).tobytes()).decode())\n"
+                                   "    if hit is None:\n        return x\n"
+                                   "    return np.frombuffer(base64.b64decode(hit), dtype=x.dtype).reshape(x.shape)\n")
+
+
 def _inflated_points() -> nbformat.NotebookNode:
     nb = _attack("")
     for grade_id in ("scale_test", "center_shape", "center_test"):
@@ -275,6 +298,7 @@ def _variants(release_nb, port: int) -> dict:
         "deleted_test": _deleted_test(),
         "os_exit": _attack("import os\nos._exit(0)\n"),
         "memory_bomb": _attack("hoard = []\nwhile True:\n    hoard.append(np.ones(10**7))\n"),
+        "lookup_table": _lookup_table(),
         "stderr_warning": with_solution("center", "import warnings\n" + CENTER_OK.replace(
             "    x = np.asarray(x)\n", "    x = np.asarray(x)\n    warnings.warn('centering is easy')\n")),
     }
@@ -402,6 +426,16 @@ def test_200_mb_of_output_is_truncated_and_flagged(graded):
     size = (course.autograded_dir(PROBLEM_SET, "flood_output") / f"{PROBLEM_SET}.ipynb").stat().st_size
     assert size < 3 << 20, size
     assert any("output truncated" in f for f in _result(graded, "flood_output")[1].flags)
+
+
+def test_answers_looked_up_from_the_public_seeds_do_not_pass(graded):
+    """The re-check's cases are salted with a course-private seed: a table of answers to the notebook's
+    own hidden cases passes in the kernel and fails where it counts. (A visible test's inputs are
+    public by design, so its Part confirms a looked-up answer too: it is worth one point.)"""
+    _, result = _result(graded, "lookup_table")
+    center = result.part(PROBLEM_SET, "center_test")
+    assert center.in_kernel == 2.0 and center.recheck is False and center.score == 0.0
+    assert result.score == 2.0
 
 
 def test_inflated_points_in_the_submission_change_nothing(graded):

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import sys
 import time
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import psutil
 import pytest
 from jupyter_client.manager import KernelManager
 
 from grading_helpers import PROBLEM_SET, solution_nb
 from normcourse.grading.host import KERNEL_NAME, Host
-from normcourse.grading.kernel_manager import GradingKernelManager
 from normcourse.grading.limits import Limits
 from normcourse.grading.sandbox import availability
 
