@@ -163,3 +163,48 @@ def test_probe_restores_bn_model_bit_exactly_in_train_and_eval(batch):
         second = landscape_probe(net, nn.functional.cross_entropy, batch, [0.1, 0.5, 1.0])
         assert np.array_equal(first["losses"], second["losses"])
         assert first["loss_range"] > 0 and first["beta_smoothness"] > 0
+
+
+# ---------------------------------------------------------------- replicas: one measurement per seed
+def _replicated_and_separate(noisy):
+    from normcourse.lab.replicas import replicate
+    models = [mlp(depth=3, width=16, norm="batch_norm", noisy=noisy, seed=s).double() for s in (0, 4)]
+    return replicate(models), models
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_replicated_ics_is_each_replicas_own(batch, noisy):
+    from normcourse.lab.replicas import replica_cross_entropy
+    replicated, models = _replicated_and_separate(noisy)
+    x, y = batch[0].double(), batch[1]
+    before = snapshot(replicated)
+    together = internal_covariate_shift(replicated, replica_cross_entropy, (x, y), lr=0.1)
+    assert_same(replicated, before)
+    assert together["l2"].shape == (2, 4) and together["cosine"].shape == (2, 4)
+    for i, model in enumerate(models):
+        alone = internal_covariate_shift(model, nn.functional.cross_entropy, (x, y), lr=0.1)
+        for key in ("l2", "cosine", "grad_norm"):
+            np.testing.assert_allclose(together[key][i], alone[key], rtol=RTOL, atol=1e-14)
+    assert not np.allclose(together["l2"][0], together["l2"][1]), "the replicas differ"
+
+
+def test_replicated_landscape_probe_is_each_replicas_own(batch):
+    from normcourse.lab.replicas import replica_cross_entropy
+    replicated, models = _replicated_and_separate(noisy=True)
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(2, 32, 64, generator=g, dtype=torch.float64), torch.randint(0, 10, (2, 32), generator=g)
+    before = snapshot(replicated)
+    together = landscape_probe(replicated, replica_cross_entropy, (x, y), [0.0, 0.1, 0.4])
+    assert_same(replicated, before)
+    assert together["losses"].shape == (2, 3) and together["loss_range"].shape == (2,)
+    for i, model in enumerate(models):
+        alone = landscape_probe(model, nn.functional.cross_entropy, (x[i], y[i]), [0.0, 0.1, 0.4])
+        for key in ("losses", "grad_changes", "loss", "grad_norm", "loss_range", "gradient_predictiveness",
+                    "beta_smoothness"):
+            np.testing.assert_allclose(together[key][i], alone[key], rtol=RTOL, atol=1e-14, err_msg=key)
+
+
+def test_loss_must_be_a_scalar_or_a_vector(batch):
+    net = mlp(depth=1, width=8)
+    with pytest.raises(ValueError, match="one loss per replica"):
+        landscape_probe(net, lambda out, y: out, batch, [0.1])

@@ -1,4 +1,5 @@
-"""TinyTransformer: the residual placements, attention against PyTorch's own, initialization, determinism.
+"""TinyTransformer: the residual placements and variants, attention against PyTorch's own, initialization,
+determinism.
 
 Tolerances: float32 model arithmetic is compared with float64 formulas at atol 1e-5 on values of
 order 1 (float32 has ~7 significant digits, and a few dozen operations accumulate rounding).
@@ -14,7 +15,7 @@ from torch import nn
 
 import normcourse.reference as ref
 from normcourse.lab.transformer import (MultiHeadSelfAttention, TinyTransformer, TransformerBlock,
-                                    residual)
+                                        deepnorm_constants, residual, sandwich_residual, scaled_residual)
 
 D = 16
 
@@ -153,3 +154,123 @@ def test_same_seed_same_model():
 
     torch.testing.assert_close(logits(3), logits(3), rtol=0, atol=0)
     assert not torch.allclose(logits(3), logits(4))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Variants: DeepNorm, Admin, sandwich-LN, QK-norm (exact formulas in float64, tolerance 1e-10 as above)
+
+def test_scaled_and_sandwich_residuals_follow_their_formulas(stream):
+    x = stream.numpy()
+    ln = lambda a: ref.layer_norm(a, (D,))            # noqa: E731
+    norm = nn.LayerNorm(D, dtype=torch.float64)
+    scaled = scaled_residual(stream, known_sublayer, norm, 2.5)
+    np.testing.assert_allclose(scaled.detach().numpy(), ln(2.5 * x + known_sublayer_np(x)), atol=1e-10)
+    sandwich = sandwich_residual(stream, known_sublayer, norm, norm)
+    np.testing.assert_allclose(sandwich.detach().numpy(), x + ln(known_sublayer_np(ln(x))), atol=1e-10)
+    # alpha = 1 is Post-LN, bit for bit
+    assert torch.equal(scaled_residual(stream, known_sublayer, norm, 1.0), residual(stream, known_sublayer, norm, "post"))
+
+
+def test_deepnorm_constants_match_the_paper():
+    """Wang et al. (2022), encoder-only: alpha = (2N)^(1/4), beta = (8N)^(-1/4)."""
+    alpha, beta = deepnorm_constants(8)
+    assert alpha == pytest.approx(2.0) and beta == pytest.approx(8 ** -0.5)
+    assert deepnorm_constants(1) == pytest.approx((2 ** 0.25, 8 ** -0.25))
+    with pytest.raises(ValueError):
+        deepnorm_constants(0)
+
+
+def _built(placement, seed=3, **kwargs):
+    torch.manual_seed(seed)
+    return TinyTransformer(vocab=20, d_model=16, n_heads=2, depth=3, seq_len=6, placement=placement, **kwargs)
+
+
+def test_one_seed_gives_the_same_weights_in_every_variant():
+    reference = dict(_built("post").named_parameters())
+    for placement in ("pre", "sandwich", "admin"):
+        for name, p in _built(placement).named_parameters():
+            if name in reference:
+                assert torch.equal(p, reference[name]), (placement, name)
+    for name, p in _built("post", qk_norm=True).named_parameters():
+        if name in reference:
+            assert torch.equal(p, reference[name]), ("qk_norm", name)
+
+
+def test_deepnorm_scales_ffn_value_and_output_weights_by_beta_and_the_skip_by_alpha():
+    post, deep = dict(_built("post").named_parameters()), dict(_built("deepnorm").named_parameters())
+    alpha, beta = deepnorm_constants(3)
+    for name, p in deep.items():
+        scaled = any(key in name for key in ("ffn.fc1.weight", "ffn.fc2.weight", "v_proj.weight", "out_proj.weight"))
+        torch.testing.assert_close(p, beta * post[name] if scaled else post[name], rtol=0, atol=0)
+    model = _built("deepnorm")
+    assert all(torch.equal(b.residual_scale, torch.full((2,), alpha)) for b in model.blocks)
+    assert isinstance(model.final_norm, nn.Identity)
+
+
+def test_post_ln_model_is_unchanged_by_the_residual_scale_buffer():
+    """Post-LN computes N(1 * x + F(x)), which is N(x + F(x)) exactly: compare with residual(..., "post")."""
+    model = _built("post").double()
+    tokens = torch.randint(0, 20, (2, 6), generator=torch.Generator().manual_seed(0))
+    x = model.embed(tokens)
+    for block in model.blocks:
+        kept, sublayers = block.sublayers()
+        for sublayer, norm, _ in sublayers:
+            x = residual(x, sublayer, norm, "post")
+    torch.testing.assert_close(model.head(x), model(tokens), rtol=0, atol=0)
+
+
+def test_admin_profile_follows_the_recursion():
+    """omega_1 = 1, omega_{i+1}^2 = Var[omega_i x] + Var[F_i(x)] (all entries), x_i = N(omega_i x + F_i(x))."""
+    model = _built("admin").double()
+    tokens = torch.randint(0, 20, (4, 6), generator=torch.Generator().manual_seed(1))
+    omega = model.admin_profile(tokens)
+    assert omega.shape == (6,) and omega[0] == 1
+    with torch.no_grad():
+        x, expected = model.embed(tokens), [1.0]
+        for block in model.blocks:
+            _, sublayers = block.sublayers()
+            for sublayer, norm, _ in sublayers:
+                branch, w = sublayer(x), expected[-1]
+                expected.append(float(np.sqrt(np.var(w * x.numpy()) + np.var(branch.numpy()))))
+                x = norm(w * x + branch)
+    np.testing.assert_allclose(omega.numpy(), expected[:-1], rtol=1e-12)
+    np.testing.assert_allclose(torch.cat([b.residual_scale for b in model.blocks]).numpy(), expected[:-1], rtol=1e-12)
+    with pytest.raises(ValueError, match="admin"):
+        _built("post").admin_profile(tokens)
+
+
+@pytest.mark.parametrize("placement", ["sandwich"])
+def test_sandwich_block_normalizes_both_ends_of_each_branch(placement, stream):
+    block = TransformerBlock(D, 2, 4 * D, placement=placement).double()
+    block.attn = KnownAttention()
+    block.ffn = Triple()
+    y, _ = block(stream)
+    ln = lambda a: ref.layer_norm(a, (D,))            # noqa: E731 (unit gains at initialization)
+    x = stream.numpy()
+    h = x + ln(known_sublayer_np(ln(x)))
+    np.testing.assert_allclose(y.detach().numpy(), h + ln(3.0 * ln(h)), atol=1e-10)
+    assert isinstance(_built("sandwich").final_norm, nn.LayerNorm)
+
+
+def test_qk_norm_bounds_the_logits_whatever_the_weights():
+    """LayerNorm'd q and k have length sqrt(d_h) (up to eps), so |logit| <= sqrt(d_h) by Cauchy-Schwarz."""
+    torch.manual_seed(0)
+    attn = MultiHeadSelfAttention(32, 4, qk_norm=True).double()
+    x = torch.randn(2, 9, 32, dtype=torch.float64)
+    with torch.no_grad():
+        before = attn.logits(x)
+        attn.q_proj.weight.mul_(50.0)
+        attn.k_proj.weight.mul_(50.0)
+        attn.q_proj.bias.zero_()
+        attn.k_proj.bias.zero_()
+        after = attn.logits(x)
+    assert before.abs().max() <= math.sqrt(8) and after.abs().max() <= math.sqrt(8)
+    plain = MultiHeadSelfAttention(32, 4).double()
+    assert isinstance(plain.q_norm, nn.Identity)        # the default attention is untouched
+
+
+def test_unknown_variant_raises():
+    with pytest.raises(ValueError, match="placement"):
+        TinyTransformer(depth=1, d_model=16, n_heads=2, placement="middle")
+    with pytest.raises(ValueError, match="pre"):
+        TinyTransformer(depth=1, d_model=16, n_heads=2, norm="rms_norm", placement="sandwich")

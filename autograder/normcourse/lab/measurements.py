@@ -53,15 +53,24 @@ def _preserved(model: nn.Module):
             m.training = mode
 
 
-def _gradient(model, loss_fn, batch, params) -> tuple[float, list[torch.Tensor]]:
+def _gradient(model, loss_fn, batch, params) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The loss (a scalar, or one value per replica) and the gradient of its sum with respect to ``params``."""
     x, y = batch
     loss = loss_fn(model(x), y)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return float(loss.detach()), [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    if loss.dim() > 1:
+        raise ValueError(f"loss_fn must return a scalar or one loss per replica, got shape {tuple(loss.shape)}")
+    grads = torch.autograd.grad(loss.sum(), params, allow_unused=True)
+    return loss.detach().to(torch.float64), [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
-def _flat64(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+def _flat64(tensors: Sequence[torch.Tensor], rows: int) -> torch.Tensor:
+    """Concatenate flattened tensors in float64 as ``(rows, -1)``: one row per replica (``rows = 1``
+    for an ordinary model)."""
+    return torch.cat([t.detach().reshape(rows, -1).to(torch.float64) for t in tensors], dim=1)
+
+
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(t, dim=1)
 
 
 def internal_covariate_shift(model: nn.Module, loss_fn: Callable, batch, lr: float,
@@ -82,14 +91,16 @@ def internal_covariate_shift(model: nn.Module, loss_fn: Callable, batch, lr: flo
 
     Args:
         model: the network; left exactly as found (parameters, buffers, random states, mode).
-        loss_fn: called as ``loss_fn(model(x), y)``, returns a scalar.
+        loss_fn: called as ``loss_fn(model(x), y)``, returns a scalar, or a vector of :math:`S` losses
+            for a model of :math:`S` replicas (:mod:`~normcourse.lab.replicas`), whose parameters are
+            replica-major; each replica is then measured on its own.
         batch: a pair ``(x, y)``.
         lr: the SGD step size :math:`\eta` of the earlier layers.
         layers: ``(name, parameters)`` per layer; default :func:`~normcourse.lab.models.layer_groups` (a linear or
             convolutional layer together with the normalization parameters after it).
 
     Returns:
-        dict of numpy arrays of length :math:`k` (and the names):
+        dict of numpy arrays of length :math:`k` (shape :math:`(S, k)` for :math:`S` replicas) and the names:
 
         - ``"layers"``: the layer names;
         - ``"l2"``: :math:`\lVert G_i - G_i'\rVert_2`;
@@ -112,7 +123,8 @@ def internal_covariate_shift(model: nn.Module, loss_fn: Callable, batch, lr: flo
     l2, cosine, grad_norm = [], [], []
     with _preserved(model) as replay:
         replay()
-        _, flat_grads = _gradient(model, loss_fn, batch, params)
+        loss, flat_grads = _gradient(model, loss_fn, batch, params)
+        rows = 1 if loss.dim() == 0 else loss.shape[0]
         grads = []
         start = 0
         for size in sizes:
@@ -125,14 +137,18 @@ def internal_covariate_shift(model: nn.Module, loss_fn: Callable, batch, lr: flo
                         p.sub_(lr * g)
             replay()
             _, shifted = _gradient(model, loss_fn, batch, layer_params)
-            g, g_shifted = _flat64(grads[i]), _flat64(shifted)
-            norm, norm_shifted = torch.linalg.vector_norm(g), torch.linalg.vector_norm(g_shifted)
-            l2.append(float(torch.linalg.vector_norm(g - g_shifted)))
-            grad_norm.append(float(norm))
-            denominator = float(norm * norm_shifted)
-            cosine.append(float(g @ g_shifted) / denominator if denominator > 0 else float("nan"))
-    return {"layers": [name for name, _ in groups], "l2": np.array(l2), "cosine": np.array(cosine),
-            "grad_norm": np.array(grad_norm)}
+            g, g_shifted = _flat64(grads[i], rows), _flat64(shifted, rows)
+            norm, norm_shifted = _norm(g), _norm(g_shifted)
+            l2.append(_norm(g - g_shifted))
+            grad_norm.append(norm)
+            denominator = norm * norm_shifted
+            safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+            cosine.append(torch.where(denominator > 0, (g * g_shifted).sum(1) / safe, torch.nan))
+    arrays = {key: torch.stack(values, dim=1).numpy() for key, values in
+              (("l2", l2), ("cosine", cosine), ("grad_norm", grad_norm))}
+    if loss.dim() == 0:
+        arrays = {key: value[0] for key, value in arrays.items()}
+    return {"layers": [name for name, _ in groups], **arrays}
 
 
 def landscape_probe(model: nn.Module, loss_fn: Callable, batch, step_sizes: Sequence[float]) -> dict:
@@ -162,7 +178,9 @@ def landscape_probe(model: nn.Module, loss_fn: Callable, batch, step_sizes: Sequ
 
     Args:
         model: the network; left exactly as found (parameters, buffers, random states, mode).
-        loss_fn: called as ``loss_fn(model(x), y)``, returns a scalar.
+        loss_fn: called as ``loss_fn(model(x), y)``, returns a scalar, or a vector of :math:`S` losses
+            for a model of :math:`S` replicas (:mod:`~normcourse.lab.replicas`); each replica is then
+            probed along its own gradient.
         batch: a pair ``(x, y)``; every probe uses it (and the same randomness).
         step_sizes: the :math:`\eta` values, e.g. ``np.linspace(0.05, 0.4, 8)``.
 
@@ -171,7 +189,8 @@ def landscape_probe(model: nn.Module, loss_fn: Callable, batch, step_sizes: Sequ
         (:math:`\Delta_\eta`) as numpy arrays of length ``len(step_sizes)``, and the floats
         ``"loss"`` (at :math:`\theta`), ``"grad_norm"`` (:math:`\lVert g\rVert`), ``"loss_range"``,
         ``"gradient_predictiveness"``, ``"beta_smoothness"`` (``nan`` if no :math:`\eta > 0` or
-        :math:`g = 0`).
+        :math:`g = 0`). For :math:`S` replicas every entry gains a leading axis of length :math:`S`:
+        ``"losses"`` has shape :math:`(S, \text{len(step\_sizes)})`, ``"loss_range"`` shape :math:`(S,)`.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -185,33 +204,43 @@ def landscape_probe(model: nn.Module, loss_fn: Callable, batch, step_sizes: Sequ
     """
     params = [p for p in model.parameters() if p.requires_grad]
     step_sizes = np.asarray(step_sizes, dtype=np.float64).reshape(-1)
-    losses, changes, ratios = [], [], []
+    losses, changes = [], []
     with _preserved(model) as replay:
         start = [p.detach().clone() for p in params]
         replay()
         loss0, grads = _gradient(model, loss_fn, batch, params)
-        g = _flat64(grads)
-        g_norm = float(torch.linalg.vector_norm(g))
+        rows = 1 if loss0.dim() == 0 else loss0.shape[0]
+        g = _flat64(grads, rows)
+        g_norm = _norm(g).numpy()
         for eta in step_sizes:
             with torch.no_grad():
                 for p, p0, grad in zip(params, start, grads):
                     p.copy_(p0 - float(eta) * grad)
             replay()
             loss, moved = _gradient(model, loss_fn, batch, params)
-            change = float(torch.linalg.vector_norm(g - _flat64(moved)))
-            losses.append(loss)
-            changes.append(change)
-            distance = abs(float(eta)) * g_norm
-            ratios.append(change / distance if distance > 0 else np.nan)
-    losses_arr, changes_arr, ratios_arr = np.array(losses), np.array(changes), np.array(ratios)
-    finite = ratios_arr[np.isfinite(ratios_arr)]
-    return {
+            losses.append(loss.reshape(rows).numpy())
+            changes.append(_norm(g - _flat64(moved, rows)).numpy())
+    # (rows, len(step_sizes)); the ratio is skipped where the distance moved is 0
+    losses_arr = np.stack(losses, axis=1) if losses else np.empty((rows, 0))
+    changes_arr = np.stack(changes, axis=1) if changes else np.empty((rows, 0))
+    distance = np.abs(step_sizes)[None, :] * g_norm[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(distance > 0, changes_arr / np.where(distance > 0, distance, 1.0), np.nan)
+    empty = len(step_sizes) == 0
+    finite = np.isfinite(ratios)
+    result = {
         "step_sizes": step_sizes,
         "losses": losses_arr,
         "grad_changes": changes_arr,
-        "loss": loss0,
+        "loss": loss0.reshape(rows).numpy(),
         "grad_norm": g_norm,
-        "loss_range": float(losses_arr.max() - losses_arr.min()) if len(losses) else float("nan"),
-        "gradient_predictiveness": float(changes_arr.max()) if len(changes) else float("nan"),
-        "beta_smoothness": float(finite.max()) if len(finite) else float("nan"),
+        "loss_range": np.full(rows, np.nan) if empty else losses_arr.max(1) - losses_arr.min(1),
+        "gradient_predictiveness": np.full(rows, np.nan) if empty else changes_arr.max(1),
+        "beta_smoothness": np.where(finite.any(1), np.where(finite, ratios, -np.inf).max(1, initial=-np.inf),
+                                    np.nan),
     }
+    if loss0.dim() == 0:   # an ordinary model: floats and arrays of length len(step_sizes)
+        result.update({key: result[key][0] for key in ("losses", "grad_changes")})
+        result.update({key: float(result[key][0]) for key in ("loss", "grad_norm", "loss_range",
+                                                               "gradient_predictiveness", "beta_smoothness")})
+    return result

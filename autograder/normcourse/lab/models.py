@@ -125,16 +125,30 @@ class CovariateShiftNoise(nn.Module):
         super().__init__()
         self.generator = torch.Generator().manual_seed(seed)
 
+    def draw(self, shape: torch.Size, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw random numbers of one step: ``U(0, 1)`` of shape ``(N + 2, C)`` and ``N(0, 1)`` of
+        shape ``(N, C)``; :meth:`transform` turns them into the noise."""
+        n, c = shape[0], shape[1]
+        return (torch.rand(n + 2, c, generator=self.generator, dtype=dtype),
+                torch.randn(n, c, generator=self.generator, dtype=dtype))
+
+    @staticmethod
+    def transform(uniform: torch.Tensor, normal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Scale ``s`` and shift ``m`` from :meth:`draw`'s numbers (any leading axes, e.g. replicas).
+
+        Row 0 of ``uniform`` gives :math:`\mu_j`, row 1 :math:`\sigma_j`, the other rows the shifts.
+        The arithmetic is in place: sampling is most of a noisy network's training time.
+        """
+        mu = uniform[..., :1, :] - 0.5
+        sigma = uniform[..., 1:2, :].mul(0.25).add_(1.0)
+        shift = uniform[..., 2:, :].mul_(0.2).add_(mu - 0.1)                   # U(mu - 0.1, mu + 0.1)
+        scale = normal.mul_(0.1).add_(sigma)                                     # N(sigma, 0.1^2)
+        return scale, shift
+
     def sample(self, shape: torch.Size, dtype: torch.dtype = torch.float32
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step's noise: per-sample scale ``s`` and shift ``m``, both of shape ``(N, C)``."""
-        n, c = shape[0], shape[1]
-        g = self.generator
-        mu = torch.rand(c, generator=g, dtype=dtype) - 0.5
-        sigma = 1.0 + 0.25 * torch.rand(c, generator=g, dtype=dtype)
-        shift = mu + 0.2 * (torch.rand(n, c, generator=g, dtype=dtype) - 0.5)
-        scale = sigma + 0.1 * torch.randn(n, c, generator=g, dtype=dtype)
-        return scale, shift
+        return self.transform(*self.draw(shape, dtype))
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -279,8 +293,10 @@ WEIGHTED_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
 def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
     r"""Split a model's trainable parameters into layers, in the order the modules are registered.
 
-    A layer starts at each ``nn.Linear`` or convolution and also owns the parameters of the modules
-    registered after it up to the next one (a normalization's :math:`\gamma, \beta`). For
+    A layer starts at each ``nn.Linear`` or convolution (or a module whose class sets
+    ``starts_layer = True``, such as :class:`~normcourse.lab.replicas.ReplicaLinear`) and also owns the
+    parameters of the modules registered after it up to the next one (a normalization's
+    :math:`\gamma, \beta`). For
     ``Linear -> BatchNorm1d -> ReLU -> Linear`` this gives two layers: ``[W1, b1, gamma, beta]`` and
     ``[W2, b2]``.
 
@@ -300,7 +316,7 @@ def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
         own = [p for p in module.parameters(recurse=False) if p.requires_grad]
         if not own:
             continue
-        if isinstance(module, WEIGHTED_MODULES) or not groups:
+        if isinstance(module, WEIGHTED_MODULES) or getattr(module, "starts_layer", False) or not groups:
             groups.append((name or "model", own))
         else:
             groups[-1][1].extend(own)
