@@ -135,17 +135,19 @@ def test_a_merge_that_deadlocks_with_a_grader_is_retried_and_loses_nothing(postg
         grades = {g.name: g.id for g in gb.add_submission(PROBLEM_SET, "eve").notebooks[0].grades}
     first, last = min(grades.values()), max(grades.values())
     socket = course.db_url.split("host=")[1]
-    connect = lambda: psycopg.connect(host=socket, user="postgres", dbname="deadlock")  # noqa: E731
-
-    grader, errors = connect(), []
+    grader, errors = psycopg.connect(host=socket, user="postgres", dbname="deadlock"), []
     grader.execute("SET deadlock_timeout = '60s'")
     grader.execute("UPDATE grade SET manual_score = 0.75 WHERE id = %s", (last,))  # holds the last row
 
     def grader_continues():
-        try:
-            with connect() as watch:  # wait until the merge waits for the last row, then want the first
+        try:  # wait until the merge waits for the last row, then want the first
+            with psycopg.connect(host=socket, user="postgres", dbname="deadlock", autocommit=True) as watch:
+                deadline = time.monotonic() + 120  # (autocommit: the activity view is cached per transaction)
                 while not watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                                         ).fetchone()[0]:
+                    if time.monotonic() > deadline:
+                        grader.rollback()  # frees the merge; the assertions below then fail
+                        raise TimeoutError("the merge never waited for the grader's row lock")
                     time.sleep(0.01)
             grader.execute("UPDATE grade SET extra_credit = 0.5 WHERE id = %s", (first,))
             grader.commit()

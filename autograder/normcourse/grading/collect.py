@@ -116,7 +116,6 @@ class SafeZipExtractor(ExtractorPlugin):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.rejected: list[str] = []
-        self.extracted: list[str] = []
         self._total = 0
 
     def _reject(self, name: str, reason: str) -> None:
@@ -230,18 +229,21 @@ class SafeZipExtractor(ExtractorPlugin):
         except Exception as exc:
             self._reject(shown, f"not a valid notebook ({_first_line(exc)})")
             return
-        self._total += len(data)
         relname = relname[:-len(".ipynb")] + ".ipynb"  # nbgrader keeps the extension as given
         target = os.path.join(dest, *PurePosixPath(relname).parts)
         copy = 1
         while os.path.lexists(target):  # the same name twice in one zip: keep both, the collector decides
             copy += 1
             target = os.path.join(dest, f"duplicate-{copy}", *PurePosixPath(relname).parts)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "xb") as f:
-            f.write(data)
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "xb") as f:  # never through an existing file or link
+                f.write(data)
+        except OSError as exc:  # a name too long for this file system, a file where a folder should be
+            self._reject(shown, f"cannot be extracted here ({_first_line(exc)})")
+            return
         os.utime(target, (mtime, mtime))
-        self.extracted.append(target)
+        self._total += len(data)
         self.log.info("Extracted %s -> %s", shown, target)
 
 
