@@ -64,11 +64,11 @@ def cmd_release(args) -> int:
 
 
 def cmd_collect(args) -> int:
-    from .grading.collect import DEFAULT_PATTERN, collect_zip
+    from .grading.collect import collect_zip
     try:
-        report = collect_zip(_course(args), args.problem_set, args.zip, pattern=args.pattern or DEFAULT_PATTERN,
-                             overwrite=args.overwrite)
-    except ValueError as exc:
+        report = collect_zip(_course(args), args.problem_set, args.zip, pattern=args.pattern,
+                             overwrite=True if args.overwrite else None)
+    except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.text())
@@ -120,7 +120,11 @@ def cmd_feedback(args) -> int:
 
 def cmd_export(args) -> int:
     from .grading.export import export_csv
-    text = export_csv(_course(args), args.problem_set, args.output)
+    try:
+        text = export_csv(_course(args), args.problem_set, args.output, args.student)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not args.output:
         sys.stdout.write(text)
     return 0
@@ -156,11 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("problem_set")
     p.add_argument("--check-only", action="store_true", help="only check the existing release")
 
-    p = add("collect", cmd_collect, "unpack an LMS zip of notebooks into grading/submitted/")
+    p = add("collect", cmd_collect, "unpack an LMS zip of notebooks into grading/submitted/ (nbgrader zip_collect "
+                                    "with safe plugins)")
     p.add_argument("problem_set")
     p.add_argument("zip")
-    p.add_argument("--pattern", help="regex with a named group 'student' applied to each file name")
-    p.add_argument("--overwrite", action="store_true", help="replace differing submissions (old ones kept)")
+    p.add_argument("--pattern", help="regex with a named group 'student_id' applied to each file name "
+                                     "(default: SubmissionCollector.named_regexp in nbgrader_config.py, else Canvas names)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace differing submissions (old ones kept in grading/replaced/); "
+                        "default: SubmissionCollector.overwrite in nbgrader_config.py, else no")
 
     p = add("autograde", cmd_autograde, "autograde submissions in parallel, learner code sandboxed")
     p.add_argument("problem_set")
@@ -179,9 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("problem_set")
     p.add_argument("--student", action="append")
 
-    p = add("export", cmd_export, "grades as CSV (csv module, quoted) with grading status")
-    p.add_argument("problem_set", nargs="?")
-    p.add_argument("-o", "--output")
+    p = add("export", cmd_export, "grades as CSV (nbgrader export with a quoting plugin) with each submission's "
+                                  "grading status")
+    p.add_argument("problem_set", nargs="?", help="only this problem set (default: all)")
+    p.add_argument("-o", "--output", help="write here (default: standard output)")
+    p.add_argument("--student", action="append", help="only this student (repeatable)")
 
     p = add("report", cmd_report, "grade histogram, per-part pass rates and flagged submissions (PNG + HTML)")
     p.add_argument("problem_set")

@@ -118,40 +118,72 @@ def course_salt(course) -> int:
 
 
 def _sqlite_path(db_url: str) -> Path | None:
+    """The file of a SQLite gradebook URL (None for a server database such as PostgreSQL)."""
     return Path(db_url[len("sqlite:///"):]) if db_url.startswith("sqlite:///") else None
 
 
-def stamp_new_gradebook(path: Path) -> bool:
-    """Create an empty SQLite gradebook at ``path`` stamped with nbgrader's schema version; return
-    whether it did.
+def stamp_new_gradebook(target: Path | str) -> bool:
+    """Give a new gradebook nbgrader's schema version without nbgrader's subprocess; return whether it did.
 
     nbgrader's ``Gradebook`` stamps a brand-new database with the version it gets by running the
     ``alembic heads`` command in a subprocess (about 3 s of CPU here, mostly re-importing nbgrader).
-    The same head, read in this process from nbgrader's own migration scripts, makes the file count as
-    existing, and ``Gradebook`` then creates its tables as usual. A test checks that both ways give
-    the same version. Leaves ``path`` alone (and returns False) if it exists or the head is ambiguous.
-    """
-    import sqlite3
+    The same head, read in this process from nbgrader's own migration scripts, makes the database count
+    as existing. A test checks that both ways give the same version.
 
+    Args:
+        target: a SQLite file (a Path, or a ``sqlite:///`` URL): created with only ``alembic_version``,
+            and ``Gradebook`` then creates its tables as usual; left alone if it exists. Or a server
+            database URL (``postgresql+psycopg://...``): stamped and given nbgrader's tables in one
+            transaction, only if it has no table at all (so several processes opening a new shared
+            gradebook at once never race in nbgrader's own table creation).
+
+    Returns:
+        True if it stamped; False if the database existed, another process stamped it first, or the
+        migration head is ambiguous.
+    """
     from alembic.script import ScriptDirectory
     from nbgrader.dbutil import ALEMBIC_DIR
 
     heads = ScriptDirectory(ALEMBIC_DIR).get_heads()
-    if path.exists() or len(heads) != 1:
+    if len(heads) != 1:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
-        db.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (heads[0],))
-    db.close()
+    path = target if isinstance(target, Path) else _sqlite_path(target)
+    if path is not None:
+        import sqlite3
+
+        if path.exists():
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+            db.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (heads[0],))
+        db.close()
+        return True
+
+    from nbgrader.api import Base
+    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    engine = create_engine(target)
+    try:
+        with engine.begin() as conn:
+            if inspect(conn).get_table_names():
+                return False
+            conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+            conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:head)"), {"head": heads[0]})
+            Base.metadata.create_all(conn)
+    except (IntegrityError, ProgrammingError):  # another process created the tables first
+        return False
+    finally:
+        engine.dispose()
     return True
 
 
 def seed_gradebook(course, problem_set: str, db_url: str) -> None:
-    """Record the assignment (notebooks, grade cells, checksums) in ``db_url`` with nbgrader's
-    ``generate_assignment``, run on a private copy of the source so the course's release is untouched."""
-    if (path := _sqlite_path(db_url)) is not None:
-        stamp_new_gradebook(path)
+    """Record the assignment (notebooks, grade cells, checksums) in ``db_url`` (SQLite or a server
+    database) with nbgrader's ``generate_assignment``, run on a private copy of the source so the
+    course's release is untouched."""
+    stamp_new_gradebook(_sqlite_path(db_url) or db_url)
     with tempfile.TemporaryDirectory(prefix="normcourse-seed-") as tmp:
         shutil.copytree(course.source_dir(problem_set), Path(tmp) / "solutions" / problem_set)
         api = course.api({"CourseDirectory": {"root": tmp, "source_directory": "solutions",
@@ -164,8 +196,13 @@ def seed_gradebook(course, problem_set: str, db_url: str) -> None:
 
 def _seeded(course, problem_set: str, ledger: Ledger) -> Path:
     """The template gradebook for the current source of ``problem_set`` (made once per source version),
-    with the course gradebook seeded for the same version. A course without a gradebook yet gets a
-    copy of the template, which is exactly what ``generate_assignment`` would have written there."""
+    with the course gradebook seeded for the same version.
+
+    The template is always a SQLite file (workers grade on private copies of it). A course whose SQLite
+    gradebook does not exist yet gets a copy of the template, which is exactly what
+    ``generate_assignment`` would have written there; a server gradebook (PostgreSQL) is stamped if new
+    and seeded with ``generate_assignment``.
+    """
     from nbgrader.api import Gradebook, MissingEntry
 
     version = fingerprint(course.source_dir(problem_set))[:16]
@@ -183,6 +220,8 @@ def _seeded(course, problem_set: str, ledger: Ledger) -> Path:
         shutil.copy2(template, partial)
         os.replace(partial, course_db)
     else:
+        if course_db is None:
+            stamp_new_gradebook(course.db_url)
         try:
             with Gradebook(course.db_url) as gb:
                 gb.find_assignment(problem_set)
@@ -217,42 +256,74 @@ def build_tasks(course, problem_set: str, students: list[str], template_db: Path
 # Merging one result into the course gradebook.
 
 def _write_grades(course, ledger: Ledger, result: GradeResult, *, force: bool) -> tuple[str, str]:
-    """Write a result's grades into the course gradebook; return (status, reason)."""
-    from nbgrader.api import Gradebook
+    """Write a result's grades into the course gradebook; return (status, reason).
+
+    Only the autograder's columns are written (``auto_score``, ``needs_manual_grade``, ``auto_comment``,
+    the late penalty, the timestamp): SQLAlchemy updates only the columns that changed, so a manual
+    score, extra credit or manual comment that a grader writes at the same time (formgrader, a script
+    on a shared PostgreSQL gradebook) is never overwritten. The submission's grade rows are locked
+    (``SELECT ... FOR UPDATE``, in id order; SQLite has no row locks and needs none, its writers take
+    turns) from the read that detects conflicts to the commit, so the conflict check and
+    ``needs_manual_grade`` see the latest manual scores. A transaction the database aborts (a deadlock
+    or serialization failure on a server, "database is locked" on SQLite) is rolled back and retried.
+    """
+    from nbgrader.api import Assignment, Gradebook, Grade, InvalidEntry, SubmittedAssignment, SubmittedNotebook
+    from sqlalchemy.exc import OperationalError
 
     problem_set, student = result.problem_set, result.student
-    with Gradebook(course.db_url) as gb, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's own SQLAlchemy notice
-        gb.update_or_create_student(student)
-        kwargs = {"timestamp": result.timestamp} if result.timestamp else {}
-        gb.update_or_create_submission(problem_set, student, **kwargs)
-        changes, conflicts = [], []
-        for part in result.parts:
-            if part.kind != "autograded":
-                continue
-            grade = gb.find_grade(part.grade_id, part.notebook, problem_set, student)
-            old, new = grade.auto_score, part.score
-            if old is not None and (new is None or abs(old - new) > TOLERANCE):
-                conflicts.append((part.notebook, part.grade_id, old, new))
-            changes.append((grade, new))
-        for notebook, comments in result.comments.items():
-            for grade_id, text in comments.items():
-                gb.find_comment(grade_id, notebook, problem_set, student).auto_comment = text
-        for notebook, penalty in result.late_penalty.items():
-            if penalty is not None:
-                gb.find_submission_notebook(notebook, problem_set, student).late_submission_penalty = penalty
-        if conflicts and not force:
-            gb.db.rollback()
-            text = "; ".join(f"{nb}/{gid}: gradebook {old}, new {new}" for nb, gid, old, new in conflicts)
-            ledger.log("conflict_kept", problem_set=problem_set, student=student, details=text)
-            return "conflict", f"kept existing grades that differ from this run (use --force to overwrite): {text}"
-        for grade, value in changes:
-            grade.auto_score = value
-            grade.needs_manual_grade = grade.manual_score is not None or value is None
-        gb.db.commit()
-        for nb, gid, old, new in conflicts:
-            ledger.log("overwrote", problem_set=problem_set, student=student, notebook=nb, grade_id=gid,
-                       old=old, new=new)
+
+    def write_once() -> tuple[str, list]:
+        with Gradebook(course.db_url) as gb, warnings.catch_warnings():  # closing it rolls back what is not committed
+            warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's own SQLAlchemy notice
+            gb.update_or_create_student(student)
+            kwargs = {"timestamp": result.timestamp} if result.timestamp else {}
+            gb.update_or_create_submission(problem_set, student, **kwargs)
+            (gb.db.query(Grade.id).join(SubmittedNotebook, Grade.notebook_id == SubmittedNotebook.id)
+             .join(SubmittedAssignment, SubmittedNotebook.assignment_id == SubmittedAssignment.id)
+             .join(Assignment, SubmittedAssignment.assignment_id == Assignment.id)
+             .filter(Assignment.name == problem_set, SubmittedAssignment.student_id == student)
+             .order_by(Grade.id).with_for_update(of=Grade).all())
+            changes, conflicts = [], []
+            for part in result.parts:
+                if part.kind != "autograded":
+                    continue
+                grade = gb.find_grade(part.grade_id, part.notebook, problem_set, student)
+                old, new = grade.auto_score, part.score
+                if old is not None and (new is None or abs(old - new) > TOLERANCE):
+                    conflicts.append((part.notebook, part.grade_id, old, new))
+                changes.append((grade, new))
+            if conflicts and not force:
+                gb.db.rollback()
+                return "conflict", conflicts
+            for notebook, comments in result.comments.items():
+                for grade_id, text in comments.items():
+                    gb.find_comment(grade_id, notebook, problem_set, student).auto_comment = text
+            for notebook, penalty in result.late_penalty.items():
+                if penalty is not None:
+                    gb.find_submission_notebook(notebook, problem_set, student).late_submission_penalty = penalty
+            for grade, value in changes:
+                grade.auto_score = value
+                grade.needs_manual_grade = grade.manual_score is not None or value is None
+            gb.db.commit()
+        return "ok", conflicts
+
+    for attempt in range(1, 6):
+        try:
+            outcome, conflicts = write_once()
+            break
+        except (OperationalError, InvalidEntry) as exc:  # nbgrader wraps a failed commit in InvalidEntry
+            if attempt == 5:
+                raise
+            ledger.log("gradebook_retry", problem_set=problem_set, student=student, attempt=attempt,
+                       error=f"{type(exc).__name__}: {exc}"[:500])
+            time.sleep(0.1 * 2 ** attempt)
+    if outcome == "conflict":
+        text = "; ".join(f"{nb}/{gid}: gradebook {old}, new {new}" for nb, gid, old, new in conflicts)
+        ledger.log("conflict_kept", problem_set=problem_set, student=student, details=text)
+        return "conflict", f"kept existing grades that differ from this run (use --force to overwrite): {text}"
+    for nb, gid, old, new in conflicts:
+        ledger.log("overwrote", problem_set=problem_set, student=student, notebook=nb, grade_id=gid,
+                   old=old, new=new)
     return "ok", ""
 
 
