@@ -93,7 +93,8 @@ def test_export_clamps_late_penalties_at_zero(course):
 
 
 def test_export_shows_the_ledgers_verdict(course):
-    from normcourse.grading.export import UNSANDBOXED_FLAG, export_csv
+    from normcourse.grading.export import export_csv
+    from normcourse.grading.result import UNSANDBOXED_FLAG
 
     rows = _rows(export_csv(course, PROBLEM_SET))
     assert rows["bob"]["sandboxed"] == "False"

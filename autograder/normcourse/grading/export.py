@@ -38,7 +38,6 @@ COLUMNS = ["assignment", "duedate", "timestamp", "student_id", "last_name", "fir
            "late_submission_penalty", "score", "max_score", "needs_manual_grade", "status", "reason", "flags",
            "sandboxed"]
 
-UNSANDBOXED_FLAG = "graded WITHOUT the sandbox (--no-sandbox)"
 
 
 def _verdict(record: dict | None) -> dict:
@@ -47,7 +46,7 @@ def _verdict(record: dict | None) -> dict:
     if not record:
         return {"status": "not graded", "reason": "", "flags": "", "sandboxed": ""}
     result = GradeResult.from_json(record["result"])
-    flags = ([] if result.sandboxed else [UNSANDBOXED_FLAG]) + list(result.flags)
+    flags = result.review_flags
     return {"status": record["status"], "reason": record.get("reason", ""), "flags": "; ".join(flags),
             "sandboxed": result.sandboxed}
 

@@ -41,9 +41,7 @@ def flagged(records: dict[str, dict]) -> dict[str, list[str]]:
         reasons = []
         if record["status"] != "graded":
             reasons.append(f"{record['status']}: {record.get('reason', '')}")
-        if not result.sandboxed:
-            reasons.append("graded WITHOUT the sandbox (--no-sandbox)")
-        reasons += result.flags
+        reasons += result.review_flags
         reasons += [f"{p.notebook}/{p.grade_id}: {p.reason}" for p in result.parts
                     if p.reason and p.in_kernel and p.recheck is False]
         if reasons:

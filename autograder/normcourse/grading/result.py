@@ -56,6 +56,10 @@ class PartGrade:
 
 
 @dataclass
+#: The flag every report and export shows for a submission graded with ``--no-sandbox``.
+UNSANDBOXED_FLAG = "graded WITHOUT the sandbox (--no-sandbox)"
+
+
 class GradeResult:
     """The outcome of grading one submission; see the module docstring."""
 
@@ -83,6 +87,11 @@ class GradeResult:
     @property
     def max_score(self) -> float:
         return sum(p.max_score for p in self.parts if p.kind == "autograded")
+
+    @property
+    def review_flags(self) -> list[str]:
+        """Why a person should look at this result: no sandbox first, then the grader's own flags."""
+        return ([] if self.sandboxed else [UNSANDBOXED_FLAG]) + list(self.flags)
 
     def part(self, notebook: str, grade_id: str) -> PartGrade:
         return next(p for p in self.parts if p.notebook == notebook and p.grade_id == grade_id)
