@@ -399,7 +399,7 @@ def _run_cells(nb, select, namespace=None, tolerate=False):
 
 
 def _is_program(meta, cell):
-    """Setup, read-only and solution cells, without the plot (it trains five seeds and draws)."""
+    """Setup, read-only and solution cells, without the plot (it trains three seeds and draws)."""
     return not meta.get("grade") and cell.id != "experiment-plot"
 
 
