@@ -57,18 +57,23 @@ def test_release_is_regenerated_identically_and_leaks_nothing(gate_course, relea
 
 @pytest.mark.parametrize("ps", PROBLEM_SETS)
 def test_autograde_gives_the_solution_full_marks_and_the_release_zero(graded, ps):
+    from normcourse.grading.result import GradeResult
+
     summary = graded(ps)
     assert summary.problems == [], f"{ps}: the gradebook and the ledger disagree"
     record = summary.records["solution"]
-    assert record["status"] == "graded", record.get("reason") or record.get("log_tail")
-    lost = {k: (p["auto_score"], p["max_score"], p.get("reason")) for k, p in record["parts"].items()
-            if p["kind"] == "autograded" and p["auto_score"] != p["max_score"]}
+    solution = GradeResult.from_json(record["result"])
+    assert record["status"] == "graded", (record["reason"], solution.flags)
+    lost = {p.grade_id: (p.score, p.max_score, p.reason) for p in solution.parts
+            if p.kind == "autograded" and p.score != p.max_score}
     assert lost == {}, f"{ps}: the solution loses points"
-    assert all(p.get("recheck_passed") is not False for p in record["parts"].values())
-    assert record["flags"] == []
+    # every autograded cell confirmed outside the kernel, in the sandbox, and nothing to review
+    assert all(p.recheck is True for p in solution.parts if p.kind == "autograded"), ps
+    assert solution.sandboxed and solution.flags == []
     release = summary.records["release"]
-    assert release["status"] == "graded", release.get("reason") or release.get("log_tail")
-    earned = {k: p["auto_score"] for k, p in release["parts"].items() if p["kind"] == "autograded" and p["auto_score"]}
+    released = GradeResult.from_json(release["result"])
+    assert release["status"] == "graded", (release["reason"], released.flags)
+    earned = {p.grade_id: p.score for p in released.parts if p.kind == "autograded" and p.score}
     assert earned == {}, f"{ps}: the untouched release earns points"
 
 
