@@ -340,12 +340,19 @@ def test_a_warning_fails_the_entropy_cells_in_the_kernel():
 
 @pytest.mark.slow
 def test_a_warning_fails_the_entropy_parts_in_the_recheck():
-    from normcourse.grading.sandbox import recheck_notebook
+    """The re-check runs the same setup cell as the kernel, in the sandbox where grading runs it
+    (unsandboxed only where bubblewrap is missing), so a RuntimeWarning fails the parts there too."""
+    from normcourse.grading.host import Host
+    from normcourse.grading.recheck import recheck_notebook
+    from normcourse.grading.sandbox import availability
 
     ids = ["attention_entropy", "attention_entropy_hidden", "attention_saturation"]
-    bad = recheck_notebook(_with_entropy(_WARNING_ENTROPY), "ps06_transformers", grade_ids=ids)
+    with Host("ps06_transformers", sandbox=availability()[0], torch=True) as host:
+        host.reset(None)
+        bad = recheck_notebook(_with_entropy(_WARNING_ENTROPY), "ps06_transformers", host, grade_ids=ids)
+        host.reset(None)
+        good = recheck_notebook(_notebook("ps06_transformers"), "ps06_transformers", host, grade_ids=ids)
     assert not bad.parts["attention_entropy"].passed and not bad.parts["attention_entropy_hidden"].passed
     assert "RuntimeWarning" in bad.parts["attention_entropy_hidden"].message
     assert bad.parts["attention_saturation"].passed, bad.parts["attention_saturation"].message
-    good = recheck_notebook(_notebook("ps06_transformers"), "ps06_transformers", grade_ids=ids)
     assert all(p.passed for p in good.parts.values()), {k: v.message for k, v in good.parts.items()}
