@@ -32,9 +32,9 @@ from normcourse.grading.parts import get_part, parts_of, provided_modules  # noq
 from normcourse.grading.rules import NO_TORCH  # noqa: E402
 from normcourse.problems import ps07_batchnorm_practice as ps07  # noqa: E402
 from problem_notebooks import notebook_run, same_value  # noqa: E402
-from wrong.ps07_batchnorm_practice import (_evaluate_never_restores, _evaluate_no_grad_only,  # noqa: E402
-                                           _evaluate_restores_model_mode, _freeze_mode_only, _freeze_norm_base,
-                                           _freeze_whole_model_eval)
+from wrong.ps07_batchnorm_practice import (_evaluate_batch_norm_only, _evaluate_never_restores,  # noqa: E402
+                                           _evaluate_no_grad_only, _evaluate_restores_model_mode, _freeze_mode_only,
+                                           _freeze_norm_base, _freeze_whole_model_eval)
 
 ROOT = Path(__file__).resolve().parents[2]
 PS = "ps07_batchnorm_practice"
@@ -181,11 +181,16 @@ def test_freeze_messages_say_what_the_contract_wants():
 
 def test_evaluate_messages_name_the_state_that_changed():
     part = get_part(PS, "evaluate_hidden")
-    # training-mode BatchNorm normalizes with the batch statistics: the outputs already differ (they are
-    # compared before the model's state)
+    # No grad without eval: training-mode BatchNorm normalizes with the chunk's statistics, so the outputs
+    # already differ (they are compared before the model's state, whose running statistics moved too). The
+    # message names the case and the size of the difference, and says what the expected outputs are, which
+    # is what the learner has to change.
     with pytest.raises(GradingError, match=r"^evaluate\(\.\.\.\) \(call 1 of 2 on the same arguments\) for case "
-                                           r"'random MLP in training mode: .*': \d+ of \d+ elements differ"):
+                                           r"'random MLP in training mode: .*': \d+ of \d+ elements differ.*"
+                                           r"Expected: the model's outputs in evaluation mode.*running statistics"):
         part.check(_evaluate_no_grad_only)
+    with pytest.raises(GradingError, match=r"'MLP with Dropout\(0\.5\).*elements differ.*dropout off"):
+        part.check(_evaluate_batch_norm_only)
     with pytest.raises(GradingError, match=r"\.training is False, expected True"):
         part.check(_evaluate_never_restores)
     frozen = [c for c in part.make_cases() if c.label.startswith("frozen BatchNorm layers")]

@@ -51,7 +51,7 @@ from torch import nn
 
 from normcourse import reference as ref
 from normcourse.grading.cases import non_contiguous, random_affine, random_eps, random_input, random_shape
-from normcourse.grading.compare import GradingError, named_results
+from normcourse.grading.compare import GradingError, assert_array_matches, named_results
 from normcourse.grading.parts import Case, Part, register
 from normcourse.grading.rules import NO_TORCH
 
@@ -413,6 +413,18 @@ def evaluate_state_hint(key: str, expected) -> str | None:
     return None
 
 
+def evaluate_outputs(actual, expected, *, name: str, label: str, rtol=None, atol=None) -> None:
+    """``evaluate``'s ``Part.compare``: the outputs as arrays; a mismatch also says what the expected
+    outputs are. The outputs are compared before the model's state, so the usual mistake (no_grad without
+    eval) is reported by its outputs; a learner then needs to read why they differ, not only by how much."""
+    try:
+        assert_array_matches(actual, expected, name=name, label=label, rtol=rtol, atol=atol)
+    except GradingError as exc:
+        raise GradingError(f"{exc} Expected: the model's outputs in evaluation mode, every submodule switched "
+                           f"(BatchNorm normalizing with its running statistics, not the chunk's own, which would "
+                           f"also move them; dropout off), chunk by chunk.") from None
+
+
 def visible_evaluate_cases(_rng=None) -> list[Case]:
     model, x = demo_model()
     frozen, _ = demo_model()
@@ -665,10 +677,10 @@ PARTS = [
                         "called twice", compare=names_match, state_hint=freeze_state_hint),
     _torch_part("evaluate", "evaluate", evaluate_reference, visible_evaluate_cases, 1, 714,
                 "visible test: the demo model, plain and with frozen BatchNorm layers; left as found",
-                state_hint=evaluate_state_hint),
+                compare=evaluate_outputs, state_hint=evaluate_state_hint),
     _torch_part("evaluate_hidden", "evaluate", evaluate_reference, evaluate_cases, 2, 704,
                 "evaluation-mode outputs in chunks without autograd; the model left exactly as found; called twice",
-                state_hint=evaluate_state_hint),
+                compare=evaluate_outputs, state_hint=evaluate_state_hint),
     _numpy_part("ghost_batch_norm", "ghost_batch_norm", ref.ghost_batch_norm, visible_ghost_cases, 1, 715,
                 "visible test: both running updates and evaluation mode"),
     _numpy_part("ghost_batch_norm_hidden", "ghost_batch_norm", ref.ghost_batch_norm, ghost_cases, 3, 705,
