@@ -10,7 +10,8 @@ import pytest
 
 from normcourse.grading.compare import (GradingError, assert_array_like, assert_array_matches, assert_gradients_match,
                                         assert_normalized, assert_results_match, assert_scalar_matches,
-                                        central_difference_gradient, format_pair, named_results)
+                                        assert_state_matches, central_difference_gradient, format_pair,
+                                        named_results)
 
 
 def _message(fn, *args, **kwargs) -> str:
@@ -90,6 +91,29 @@ def test_normalized_names_the_slice_and_the_tolerance():
     message = _message(assert_normalized, y, (0, 2), name="bn(x)", label="x of shape (4, 3, 5)")
     assert message.startswith("bn(x) for case 'x of shape (4, 3, 5)': the slice at kept index")
     assert "tolerance 0.0001" in message
+
+
+def test_state_mismatch_gives_the_functions_own_hint_or_the_default():
+    """A function whose contract changes the model (freeze some layers) says so in its hint; without one, or
+    where the hint has nothing to say, the advice is the default for functions that leave the model alone."""
+    expected = {"parameter w": np.array([1.0, 2.0]), "module 1 .training": np.array(False)}
+    actual = {"parameter w": np.array([1.0, 2.0]), "module 1 .training": np.array(True)}
+    default = _message(assert_state_matches, actual, expected, name="the model", label="c")
+    assert default == ("the model for case 'c': module 1 .training is True, expected False; leave the model in the "
+                       "mode you got it in (or put it back with model.train(mode))")
+    seen = []
+
+    def freeze_hint(key, want):
+        seen.append(key)
+        return f"a BatchNorm layer goes to training={bool(want)}" if key.endswith(".training") else None
+    own = _message(assert_state_matches, actual, expected, name="the model", label="c", hint=freeze_hint)
+    assert own.endswith("module 1 .training is True, expected False; a BatchNorm layer goes to training=False")
+    assert seen == ["module 1 .training"]
+    assert _message(assert_state_matches, actual, expected, name="the model", label="c",
+                    hint=lambda key, want: None) == default
+    actual["parameter w"] = np.array([1.0, 2.5])
+    assert _message(assert_state_matches, actual, expected, name="the model", label="c", hint=freeze_hint).endswith(
+        "; parameters must end as the contract says (unchanged unless it says otherwise)")
 
 
 def test_central_differences_are_second_order_and_leave_x_alone():

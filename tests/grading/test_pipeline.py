@@ -191,7 +191,7 @@ def test_without_a_sandbox_autograde_refuses_unless_told_and_then_says_so(course
     the report and the export say the submission was graded without it."""
     from normcourse.grading import sandbox
     from normcourse.grading.autograde import autograde
-    from normcourse.grading.export import export_rows
+    from normcourse.grading.export import export_csv
     from normcourse.grading.report import write_report
     from normcourse.grading.result import GradeResult
 
@@ -203,5 +203,5 @@ def test_without_a_sandbox_autograde_refuses_unless_told_and_then_says_so(course
     record = summary.records["erin"]
     assert record["status"] == "graded" and GradeResult.from_json(record["result"]).sandboxed is False
     assert "WITHOUT the sandbox" in write_report(course, PROBLEM_SET).read_text()
-    erin = next(r for r in export_rows(course, PROBLEM_SET) if r["student_id"] == "erin")
+    erin = next(r for r in csv.DictReader(io.StringIO(export_csv(course, PROBLEM_SET))) if r["student_id"] == "erin")
     assert erin["status"] == "graded"

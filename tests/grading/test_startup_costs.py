@@ -82,10 +82,28 @@ def test_a_stamped_gradebook_has_nbgraders_schema_version_and_tables(tmp_path, m
     assert tables[0] == tables[1]
 
 
-@pytest.mark.parametrize("problem_set, torch", [("ps01_scopes", False), ("ps02_batchnorm_state", False),
-                                                 ("ps03_backward", False), ("ps04_jacobians", False),
-                                                 ("ps05_optimization", True), ("ps06_transformers", True)])
+def _course_sets_and_torch() -> list[tuple[str, bool]]:
+    """Every registered problem set with a source notebook, and whether some Part may use torch (the
+    registry's word, independent of the notebook scan under test): a new set is covered by registering it."""
+    from normcourse.grading.parts import parts_of, problem_sets
+    from normcourse.grading.rules import NO_TORCH
+
+    return [(ps, any(NO_TORCH not in p.forbid for p in parts_of(ps))) for ps in problem_sets()
+            if (REPO / "solutions" / ps / f"{ps}.ipynb").exists()]
+
+
+COURSE_SETS = _course_sets_and_torch()
+
+
+def test_the_registry_lists_numpy_and_torch_sets():
+    """The parametrization below is not vacuous: both kinds of set exist."""
+    assert {torch for _, torch in COURSE_SETS} == {False, True}, COURSE_SETS
+
+
+@pytest.mark.parametrize("problem_set, torch", COURSE_SETS, ids=[ps for ps, _ in COURSE_SETS])
 def test_torch_is_preloaded_only_for_problem_sets_that_import_it(problem_set, torch):
+    """A set whose Parts all forbid torch has a notebook without torch (the kernel skips preloading it);
+    a set with a torch Part imports torch (the kernel preloads it)."""
     source = REPO / "solutions" / problem_set
     assert uses_torch(source) is torch
     modules = kernel_preload(problem_set, uses_torch(source))

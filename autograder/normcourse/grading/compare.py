@@ -284,7 +284,20 @@ def assert_normalized(y, axes: tuple[int, ...], *, name: str = "output", label: 
                            f"be taken over axes {axes}; use the biased variance)")
 
 
-def _state_hint(key: str) -> str:
+#: ``hint(key, expected) -> str | None``: a function's own advice for a state entry that differs from
+#: the reference's (``key`` as :func:`~normcourse.grading.recheck_child.module_state` names it,
+#: ``expected`` the reference's value or None); None falls back on the default advice.
+StateHint = Callable[[str, object], "str | None"]
+
+
+def _state_hint(key: str, expected=None, hint: StateHint | None = None) -> str:
+    """The advice appended to a state mismatch. The defaults fit a function that must leave the model
+    alone; a function whose contract changes the model on purpose (freeze some layers, put every mode
+    back one by one) gives its own ``hint``, since "put it back with model.train(mode)" would then be
+    wrong advice."""
+    advice = hint(key, expected) if hint is not None else None
+    if advice:
+        return "; " + advice
     if key.endswith(".grad is set") or key.endswith(" .grad"):
         return ("; leave .grad as you found it (take gradients with torch.autograd.grad, or put back what "
                 "you changed)")
@@ -298,9 +311,16 @@ def _state_hint(key: str) -> str:
 
 
 def assert_state_matches(actual: dict, expected: dict, *, name: str, label: str | None = None,
-                         rtol: float | None = None, atol: float | None = None) -> None:
+                         rtol: float | None = None, atol: float | None = None,
+                         hint: StateHint | None = None) -> None:
     """Assert that a torch module's state after a call (see
     :func:`normcourse.grading.recheck_child.module_state`) equals the state the reference leaves.
+
+    Args:
+        actual, expected: the learner's and the reference's state, by key (``"module 1 .training"``).
+        name, label, rtol, atol: as in :func:`assert_array_matches`.
+        hint: the function's own advice for an entry that differs (see :data:`StateHint`); by default
+            the advice for a function that must leave the model alone.
 
     Raises:
         GradingError: naming the first parameter, grad, buffer or mode flag that differs.
@@ -309,23 +329,23 @@ def assert_state_matches(actual: dict, expected: dict, *, name: str, label: str 
     for key in expected:
         if key not in actual:
             raise GradingError(f"{name}{where}: {key} is missing (expected {_short(expected[key])})"
-                               + _state_hint(key))
+                               + _state_hint(key, expected[key], hint))
     for key in actual:
         if key not in expected:
             raise GradingError(f"{name}{where}: {key} is present, but the reference leaves no such thing"
-                               + _state_hint(key))
+                               + _state_hint(key, None, hint))
     for key, want in expected.items():
         got = actual[key]
         if want.dtype == bool or got.dtype == bool:
             if got.shape != want.shape or not np.array_equal(got, want):
                 raise GradingError(f"{name}{where}: {key} is {_short(got)}, expected {_short(want)}"
-                                   + _state_hint(key))
+                                   + _state_hint(key, want, hint))
             continue
         try:
             assert_array_matches(got, want, name=f"{name}: {key}", label=label, rtol=rtol, atol=atol,
                                  check_dtype=False)
         except GradingError as exc:
-            raise GradingError(str(exc) + _state_hint(key)) from None
+            raise GradingError(str(exc) + _state_hint(key, want, hint)) from None
 
 
 def _short(value) -> str:

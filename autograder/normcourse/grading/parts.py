@@ -107,6 +107,10 @@ class Part:
         description: what the part checks, for reports.
         forbid: the :class:`~normcourse.grading.rules.Rule` objects this part is graded under, on top
             of :data:`~normcourse.grading.rules.NO_COURSE_CODE` (which every part has).
+        state_hint: ``state_hint(key, expected) -> str | None``, this function's own advice when a
+            ``Case.state_of`` model ends in another state than the reference leaves (see
+            :data:`normcourse.grading.compare.StateHint`). None: the advice for a function that must
+            leave the model alone, which is wrong advice for one whose contract changes modes or flags.
     """
 
     problem_set: str
@@ -121,6 +125,7 @@ class Part:
     compare: Callable = _default_compare
     description: str = ""
     forbid: tuple[Rule, ...] = ()
+    state_hint: Callable[[str, Any], str | None] | None = None
 
     def make_cases(self, salt: int | None = None) -> list[Case]:
         """The part's cases. The notebook's hidden-test cell uses the fixed ``seed``; the grader's
@@ -171,7 +176,8 @@ class Part:
             for i in case.state_of:
                 assert_state_matches(actual.states[i], expected.states[i],
                                      name=f"the model passed as argument {self.argument_name(i)} after "
-                                          f"{self.function}(...)", label=case.label, rtol=rtol, atol=atol)
+                                          f"{self.function}(...)", label=case.label, rtol=rtol, atol=atol,
+                                     hint=self.state_hint)
 
     def check(self, fn: Callable) -> int:
         """Run every case through ``fn`` in this process; return the number of cases checked."""

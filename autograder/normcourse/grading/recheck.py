@@ -178,7 +178,10 @@ def _verdict(part, case, head: dict, arrays: dict) -> str | None:
 
     if "error" in head:
         return f"{head['error']} (case {case.label!r})"
-    value = decode(head["value"], arrays)
+    try:
+        value = decode(head["value"], arrays)
+    except Exception as exc:  # only learner code (the process it runs in) can have garbled the result
+        return f"{part.function}(...) for case {case.label!r}: the learner process sent a malformed result ({type(exc).__name__})"
     observed = Observed(list(value["results"]), {int(k): v for k, v in value["states"].items()})
 
     def foreign(item):

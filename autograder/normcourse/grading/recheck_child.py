@@ -305,9 +305,14 @@ def _run_program(program, namespace, limit: int, guard: ImportGuard) -> list:
     return errors
 
 
-def _refuse_exit(code=0):
-    """``os._exit`` for learner code: in a kernel it would end the kernel; here it ends only the statement."""
-    raise SystemExit(f"os._exit({code}) was called")
+def _exit_refuser(main_pid: int, exit_now):
+    """``os._exit`` for learner code: in a kernel it would end the kernel; here it ends only the statement.
+    A process the learner forked exits for real (else it would go on answering the grader's calls)."""
+    def refuse_exit(code=0):
+        if os.getpid() != main_pid:
+            exit_now(code)
+        raise SystemExit(f"os._exit({code}) was called")
+    return refuse_exit
 
 
 def main(commands_fd: int, results_fd: int) -> int:
@@ -316,9 +321,15 @@ def main(commands_fd: int, results_fd: int) -> int:
     import signal
 
     exit_now = os._exit
-    os._exit = _refuse_exit  # so a program that exits at the top still has its functions checked
+    main_pid = os.getpid()
+    os._exit = _exit_refuser(main_pid, exit_now)  # a program that exits at the top still has its functions checked
     commands = os.fdopen(commands_fd, "rb")
     results = os.fdopen(results_fd, "wb")
+
+    def send(data: bytes) -> None:
+        if os.getpid() != main_pid:  # a fork of the learner's that got this far says nothing to the grader
+            exit_now(0)
+        write_frame(results, data)
     job = pickle.loads(_read_frame(commands))
     guard = ImportGuard(job.get("hidden", {}), job.get("provided", ()))
     guard.install()
@@ -331,7 +342,7 @@ def main(commands_fd: int, results_fd: int) -> int:
     sys.path.insert(0, os.getcwd())  # as in a kernel: the notebook's folder is importable
     namespace = {"__name__": "__main__", "get_ipython": lambda: _NoShell()}
     cell_errors = _run_program(job["program"], namespace, limit, guard)
-    write_frame(results, pack({"kind": "ready", "cell_errors": cell_errors, "forbidden": guard.take()}, {}))
+    send(pack({"kind": "ready", "cell_errors": cell_errors, "forbidden": guard.take()}, {}))
     while True:
         frame = _read_frame(commands)
         if frame is None:
@@ -340,10 +351,10 @@ def main(commands_fd: int, results_fd: int) -> int:
             call = pickle.loads(frame)["call"]
         except BaseException as exc:  # a case the course built from modules this process does not have
             key = "?"
-            write_frame(results, pack({"kind": "result", "key": key, "forbidden": guard.take(),
-                                       "error": f"the grader's case could not be loaded in the learner process "
-                                                f"({type(exc).__name__}: {exc}); this is a problem of the course, "
-                                                f"not of your code: tell your instructor"}, {}))
+            send(pack({"kind": "result", "key": key, "forbidden": guard.take(),
+                       "error": f"the grader's case could not be loaded in the learner process "
+                                f"({type(exc).__name__}: {exc}); this is a problem of the course, "
+                                f"not of your code: tell your instructor"}, {}))
             continue
         guard.phase = call["key"]
         fn = namespace.get(call["function"])
@@ -374,6 +385,6 @@ def main(commands_fd: int, results_fd: int) -> int:
         except BaseException as exc:
             data = pack({"kind": "result", "key": call["key"], "forbidden": head["forbidden"],
                          "error": f"the result could not be sent ({type(exc).__name__})"}, {})
-        write_frame(results, data)
+        send(data)
     results.close()
     exit_now(0)  # skip learner-registered atexit handlers

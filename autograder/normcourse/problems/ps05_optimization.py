@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from normcourse.grading.compare import GradingError
+from normcourse.grading.compare import GradingError, named_results
 from normcourse.grading.parts import Case, Part, register
 from normcourse.lab import measurements
 from normcourse.lab.models import load_digits_tensors, mlp
@@ -315,6 +315,10 @@ def landscape_properties(actual, expected, *, name, label, rtol=None, atol=None)
                 f"init='kaiming', seed=seed) in training mode and that 'none' and 'batch_norm' are not swapped")
 
 
+#: internal_covariate_shift returns (l2, cosine): a mismatch names the array ("... -> cosine"), not its position.
+ICS_RESULTS = named_results("l2", "cosine")
+
+
 def _part(grade_id, function, reference, cases, points, seed, description, **extra):
     return Part(PROBLEM_SET, grade_id, function, reference, cases, points=points, seed=seed, rtol=RTOL,
                 atol=ATOL, description=description, **extra)
@@ -326,10 +330,11 @@ PARTS = [
     _part("gradient_norm_hidden", "gradient_norm", gradient_norm_reference, gradient_norm_cases, 1, 501,
           "Euclidean norm of the loss gradient over all trainable parameters"),
     _part("internal_covariate_shift", "internal_covariate_shift", internal_covariate_shift_reference,
-          visible_internal_covariate_shift_cases, 1, 512, "visible test: the demo network at four step sizes"),
+          visible_internal_covariate_shift_cases, 1, 512, "visible test: the demo network at four step sizes",
+          compare=ICS_RESULTS),
     _part("internal_covariate_shift_hidden", "internal_covariate_shift", internal_covariate_shift_reference,
           internal_covariate_shift_cases, 3, 502,
-          "per-layer ||G - G'|| and cos(G, G') of Santurkar et al.'s Definition 2.1"),
+          "per-layer ||G - G'|| and cos(G, G') of Santurkar et al.'s Definition 2.1", compare=ICS_RESULTS),
     _part("loss_along_gradient", "loss_along_gradient", loss_along_gradient_reference,
           visible_loss_along_gradient_cases, 1, 513, "visible test: the demo network, steps 0, 1e-5, 0.5"),
     _part("loss_along_gradient_hidden", "loss_along_gradient", loss_along_gradient_reference, step_size_cases, 1,

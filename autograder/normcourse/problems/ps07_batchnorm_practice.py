@@ -24,10 +24,11 @@ inputs built from ``np.random.default_rng(k)`` or the setup cell's ``demo_model(
 :func:`demo_model` here repeats; no use of the part's ``rng``). *Hidden parts* draw random shapes,
 statistics, eps, momenta and affine settings from the part's ``rng`` and add the edge cases that apply.
 
-The torch parts are :class:`ModelPart` objects: the same comparison, but a mode or ``requires_grad`` flag that
-differs from the reference's is reported with what *this* function's contract wants (freeze the
-BatchNorm layers; put back every submodule's own mode) instead of the shared hint for functions that
-must leave a model alone.
+The torch parts give their own ``state_hint``: a mode or ``requires_grad`` flag that differs from the
+reference's is reported with what *this* function's contract wants (freeze the BatchNorm layers; put
+back every submodule's own mode) instead of the shared advice for functions that must leave a model
+alone, whose "put it back with model.train(mode)" is the very bug ``evaluate``'s cases look for. The
+fused weight and bias are compared under their names (``named_results("weight", "bias")``).
 
 Rules: the numpy parts forbid torch (``NO_TORCH``); the torch parts may use torch. The notebook hands
 the learner no course module (``provides=()``): its setup cells build the demo models in plain torch,
@@ -44,16 +45,13 @@ differently).
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from torch import nn
 
 from normcourse import reference as ref
 from normcourse.grading.cases import non_contiguous, random_affine, random_eps, random_input, random_shape
-from normcourse.grading.compare import GradingError
+from normcourse.grading.compare import GradingError, assert_array_matches, named_results
 from normcourse.grading.parts import Case, Part, register
 from normcourse.grading.rules import NO_TORCH
 
@@ -370,40 +368,15 @@ def names_match(actual, expected, *, name, label, rtol=None, atol=None) -> None:
                            f"{missing}; not BatchNorm layers, or listed twice: {extra}; order of model.named_modules())")
 
 
-def freeze_flag_hint(key: str, want: bool) -> str:
-    """What freeze_batch_norm's contract says about a mode or requires_grad flag that came out wrong."""
-    if not want:
-        return "this is a BatchNorm layer (or its parameter): freeze it (evaluation mode, requires_grad=False)"
+def freeze_state_hint(key: str, expected) -> str | None:
+    """What freeze_batch_norm's contract says about a mode or ``requires_grad`` flag that came out wrong
+    (a :data:`~normcourse.grading.compare.StateHint`; other entries get the shared advice)."""
+    if not (key.endswith(".training") or key.endswith("requires_grad")):
+        return None
+    if not bool(expected):
+        return ("this is a BatchNorm layer (or its gain or bias), or it was already so: freeze it (evaluation "
+                "mode, requires_grad=False)")
     return "this is not a BatchNorm layer (or one of its parameters): leave it as it was"
-
-
-@dataclasses.dataclass
-class ModelPart(Part):
-    """A torch Part whose messages about modes and ``requires_grad`` flags say what *this* function's
-    contract wants. (The shared hints of :mod:`normcourse.grading.compare` fit functions that must leave a
-    model alone, and suggest ``model.train(mode)``, which is the very bug ``evaluate``'s cases look for.)
-    The result is compared first, then those flags, then the rest of the state.
-
-    Attributes:
-        flag_hint: ``flag_hint(key, expected_value) -> str``, the advice for a flag that differs.
-    """
-
-    flag_hint: Callable[[str, bool], str] | None = None
-
-    def judge(self, actual, case) -> None:
-        super().judge(actual, dataclasses.replace(case, state_of=()))
-        expected = self.expected(case)
-        for i in case.state_of:
-            got, want = actual.states[i], expected.states[i]
-            for key in want:
-                if not (key.endswith(".training") or key.endswith("requires_grad")) or key not in got:
-                    continue
-                if bool(got[key]) != bool(want[key]):
-                    raise GradingError(
-                        f"the model passed as argument {self.argument_name(i)} after {self.function}(...) for case "
-                        f"{case.label!r}: {key} is {bool(got[key])}, expected {bool(want[key])}; "
-                        f"{self.flag_hint(key, bool(want[key]))}")
-        super().judge(actual, case)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -429,12 +402,27 @@ def evaluate_reference(model: nn.Module, x: torch.Tensor, batch_size: int = 64) 
     return torch.cat(outputs).numpy()
 
 
-def evaluate_flag_hint(key: str, want: bool) -> str:
-    """What evaluate's contract says about a mode or requires_grad flag that came out wrong."""
+def evaluate_state_hint(key: str, expected) -> str | None:
+    """What evaluate's contract says about a mode or ``requires_grad`` flag that came out wrong (a
+    :data:`~normcourse.grading.compare.StateHint`; other entries get the shared advice)."""
     if key.endswith(".training"):
         return ("put back every submodule's own mode afterwards (model.train(was) would switch them all, frozen "
                 "BatchNorm layers included)")
-    return "evaluating must not change requires_grad"
+    if key.endswith("requires_grad"):
+        return "evaluating must not change requires_grad"
+    return None
+
+
+def evaluate_outputs(actual, expected, *, name: str, label: str, rtol=None, atol=None) -> None:
+    """``evaluate``'s ``Part.compare``: the outputs as arrays; a mismatch also says what the expected
+    outputs are. The outputs are compared before the model's state, so the usual mistake (no_grad without
+    eval) is reported by its outputs; a learner then needs to read why they differ, not only by how much."""
+    try:
+        assert_array_matches(actual, expected, name=name, label=label, rtol=rtol, atol=atol)
+    except GradingError as exc:
+        raise GradingError(f"{exc} Expected: the model's outputs in evaluation mode, every submodule switched "
+                           f"(BatchNorm normalizing with its running statistics, not the chunk's own, which would "
+                           f"also move them; dropout off), chunk by chunk.") from None
 
 
 def visible_evaluate_cases(_rng=None) -> list[Case]:
@@ -662,32 +650,37 @@ def _numpy_part(grade_id, function, reference, cases, points, seed, description,
 
 
 def _torch_part(grade_id, function, reference, cases, points, seed, description, **extra):
-    return ModelPart(PROBLEM_SET, grade_id, function, reference, cases, points=points, seed=seed,
+    return Part(PROBLEM_SET, grade_id, function, reference, cases, points=points, seed=seed,
                 description=description, **extra)
+
+
+FUSED = named_results("weight", "bias")
 
 
 PARTS = [
     _numpy_part("fuse_linear_bn", "fuse_linear_bn_weights", ref.fuse_linear_bn_weights, visible_fuse_linear_cases,
-                1, 711, "visible test: two folds, checked against PyTorch's fusion and on data"),
+                1, 711, "visible test: two folds, checked against PyTorch's fusion and on data", compare=FUSED),
     _numpy_part("fuse_linear_bn_hidden", "fuse_linear_bn_weights", ref.fuse_linear_bn_weights, fuse_linear_cases,
                 1, 701, "eval-mode BatchNorm folded into the linear layer before it: W' = diag(a) W, "
-                        "b' = a (b - mean) + beta"),
+                        "b' = a (b - mean) + beta", compare=FUSED),
     _numpy_part("fuse_conv_bn", "fuse_conv_bn_weights", ref.fuse_conv_bn_weights, visible_fuse_conv_cases,
-                1, 712, "visible test: a Conv2d and a ConvTranspose2d, checked against PyTorch and on data"),
+                1, 712, "visible test: a Conv2d and a ConvTranspose2d, checked against PyTorch and on data",
+                compare=FUSED),
     _numpy_part("fuse_conv_bn_hidden", "fuse_conv_bn_weights", ref.fuse_conv_bn_weights, fuse_conv_cases,
-                2, 702, "eval-mode BatchNorm folded into a 1-d, 2-d or 3-d (transposed) convolution"),
+                2, 702, "eval-mode BatchNorm folded into a 1-d, 2-d or 3-d (transposed) convolution",
+                compare=FUSED),
     _torch_part("freeze_batch_norm", "freeze_batch_norm", freeze_batch_norm_reference, visible_freeze_cases,
                 1, 713, "visible test: the demo model's BatchNorm layers frozen, nothing else", compare=names_match,
-                flag_hint=freeze_flag_hint),
+                state_hint=freeze_state_hint),
     _torch_part("freeze_batch_norm_hidden", "freeze_batch_norm", freeze_batch_norm_reference, freeze_cases,
                 2, 703, "every BatchNorm layer (and nothing else) in evaluation mode with frozen gain and bias; "
-                        "called twice", compare=names_match, flag_hint=freeze_flag_hint),
+                        "called twice", compare=names_match, state_hint=freeze_state_hint),
     _torch_part("evaluate", "evaluate", evaluate_reference, visible_evaluate_cases, 1, 714,
                 "visible test: the demo model, plain and with frozen BatchNorm layers; left as found",
-                flag_hint=evaluate_flag_hint),
+                compare=evaluate_outputs, state_hint=evaluate_state_hint),
     _torch_part("evaluate_hidden", "evaluate", evaluate_reference, evaluate_cases, 2, 704,
                 "evaluation-mode outputs in chunks without autograd; the model left exactly as found; called twice",
-                flag_hint=evaluate_flag_hint),
+                compare=evaluate_outputs, state_hint=evaluate_state_hint),
     _numpy_part("ghost_batch_norm", "ghost_batch_norm", ref.ghost_batch_norm, visible_ghost_cases, 1, 715,
                 "visible test: both running updates and evaluation mode"),
     _numpy_part("ghost_batch_norm_hidden", "ghost_batch_norm", ref.ghost_batch_norm, ghost_cases, 3, 705,
