@@ -190,8 +190,9 @@ class Term:
 
     @property
     def names(self) -> list[str]:
-        """English lines that are names (BatchNorm, Pre-LN, QK-norm): a translation may keep them as they are."""
-        return [term for term in self.english if is_name(term)]
+        """English lines that are names: the entry's short forms after its first line (BatchNorm, ICS, Fixup)
+        and words written in CamelCase or capitals (Pre-LN, QK-norm). A translation may keep them as they are."""
+        return [term for index, term in enumerate(self.english) if index or is_name(term)]
 
 
 def is_name(term: str) -> bool:
@@ -219,7 +220,7 @@ def glossary_terms(path: Path = GLOSSARY) -> list[Term]:
 
 def _term_pattern(term: str) -> re.Pattern:
     if is_name(term):
-        return re.compile(rf"(?<![\w-]){re.escape(term)}(?![\w-])")
+        return re.compile(rf"(?<![\w-]){re.escape(term)}(?![\w-])", re.IGNORECASE)
     # "mini-batch", "minibatch" and "mini batch" are one term; plurals count.
     body = r"[- ]?".join(re.escape(part) for part in re.split(r"[- ]", term))
     return re.compile(rf"(?<![\w-]){body}(?:s|es)?(?![\w-])", re.IGNORECASE)
