@@ -330,7 +330,7 @@ def _numbers(text: str) -> Counter:
 
 
 def _fields(text: str) -> Counter:
-    return Counter(re.findall(r"(?<!\{)\{([A-Za-z_]\w*)(?:[!:][^{}]*)?\}(?!\})", ROLE.sub(" ", text)))
+    return Counter(re.findall(r"(?<!\{)\{([A-Za-z_]\w*|\d*)(?:[!:][^{}]*)?\}(?!\})", ROLE.sub(" ", text)))
 
 
 def _only_names(text: str) -> bool:
