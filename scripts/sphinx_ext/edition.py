@@ -16,7 +16,8 @@ it cannot do:
    builder collects messages), mark as *not translatable*: display math (Sphinx would offer each
    ``$$...$$`` block as a message), everything inside a code cell's output (outputs are produced by
    code and exist once), the term lines of the glossary and any table that already holds Chinese (the
-   glossary is bilingual in both editions), and messages with no words at all (``1``, ``$x$``).
+   glossary is bilingual in both editions), and messages with no English words at all (``1``,
+   ``$x$``, a cell that is already Chinese).
 2. **Glued numbers in translated text.** MyST-NB resolves ``{glue:text}`key``` while it parses the
    notebook, from data it keeps on that document only; Sphinx parses each translated paragraph as a
    separate small document, where the key is "not found". In translated text the glue roles here
@@ -68,7 +69,9 @@ MATH = re.compile(r"\$\$.+?\$\$|(?<![\\$])\$(?!\$)(?:\\.|[^$\\])+?\$", re.DOTALL
 ROLE = re.compile(r"\{([A-Za-z][\w:+-]*)\}`([^`]*)`")
 CODE = re.compile(r"(`+)(?!\{)(.+?)(?<!`)\1(?!`)", re.DOTALL)
 SUBSTITUTION = re.compile(r"\{\{[^{}]*\}\}")
-LINK_TARGET = re.compile(r"\]\(([^()\s]+)\)|<a\s[^>]*href=\"([^\"]+)\"")
+# Link targets a translation keeps. A raw HTML link with hreflang leads to another edition, so its
+# target differs by design in each language (the English intro links zh/intro.html, and back).
+LINK_TARGET = re.compile(r"\]\(([^()\s]+)\)|<a\s(?![^>]*hreflang)[^>]*href=\"([^\"]+)\"")
 WORD = re.compile(r"[A-Za-z]{2,}")
 
 
@@ -105,7 +108,7 @@ class MarkUntranslatable(SphinxTransform):
             if CJK.search(table.astext()):
                 _untranslatable(table)
         for node, message in list(extract_messages(self.document)):
-            if isinstance(node, nodes.TextElement) and (CJK.search(message) or not has_words(message)):
+            if isinstance(node, nodes.TextElement) and not has_words(message):
                 node["translatable"] = False
 
 
