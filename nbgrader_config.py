@@ -32,3 +32,11 @@ c.OverwriteCells.add_missing_cells = True
 # Releases: what replaces a solution.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+
+# Collecting an LMS zip (`nbgrader zip_collect`, or `normcourse collect`): the course's plugins refuse
+# path traversal, zip bombs and files that are not notebooks, and never overwrite a submission silently.
+c.ZipCollectApp.extractor_plugin = "normcourse.grading.collect.SafeZipExtractor"
+c.ZipCollectApp.collector_plugin = "normcourse.grading.collect.SubmissionCollector"
+# Exporting grades (`nbgrader export`, or `normcourse export`): the ledger's status, reason and flags
+# next to every score, late penalties clamped at zero.
+c.ExportApp.plugin_class = "normcourse.grading.export.LedgerCsvExportPlugin"

@@ -1,19 +1,25 @@
-"""Benchmark: ``normcourse autograde --workers 2`` versus plain serial ``nbgrader autograde``.
+"""Benchmark: ``normcourse autograde`` (sandboxed) versus plain serial ``nbgrader autograde``, and the
+local pool versus a Dask cluster.
 
 Generates N submissions of one problem set (a third solution copies, a third untouched releases, a
 third solutions with one solution cell replaced by its release stub), puts the same files into two
 temp copies of the course, and times, on the same machine in the same run:
 
-- ``normcourse autograde PS --workers W`` (isolated workers, out-of-kernel re-check, merge, ledger;
-  the time includes seeding the gradebooks), and
-- ``nbgrader autograde PS`` (one process, submissions one after another; the assignment is put in its
-  gradebook beforehand with ``nbgrader generate_assignment``, not timed).
+- ``normcourse autograde PS --workers W`` (learner code in the sandbox, out-of-kernel re-check, merge,
+  ledger; the time includes seeding the gradebooks), and
+- ``nbgrader autograde PS`` (one process, no sandbox, submissions one after another; the assignment is
+  put in its gradebook beforehand with ``nbgrader generate_assignment``, not timed);
+- with ``--unsandboxed``, also ``normcourse autograde --no-sandbox`` (what the sandbox costs);
+- with ``--dask``, instead: ``normcourse autograde --workers W`` against the same on a Dask cluster of
+  W single-threaded worker processes on 127.0.0.1 started by this script (``--scheduler``): what Dask
+  adds per submission.
 
-Prints seconds per submission for both and their ratio, and checks that both gave every submission
-the same autograded total (exit status 1 if not). Not a test; the machine's load shows in the
-numbers, so report ``uptime`` alongside.
+Prints seconds per submission for each run and the ratios, and checks that every run gave every
+submission the same autograded total (exit status 1 if not). Not a test; the machine's load shows in
+the numbers, so the load average is printed alongside.
 
-Usage: ``.venv/bin/python scripts/benchmark_autograde.py [--problem-set ps01_scopes] [--count 40] [--workers 2]``
+Usage: ``.venv/bin/python scripts/benchmark_autograde.py [--problem-set ps01_scopes] [--count 40]
+[--workers 2] [--unsandboxed] [--dask]``
 """
 
 from __future__ import annotations
@@ -100,39 +106,88 @@ def auto_scores(course: Path, problem_set: str, students) -> dict[str, float | N
     return scores
 
 
+class DaskCluster:
+    """A scheduler and ``workers`` single-threaded worker processes on 127.0.0.1."""
+
+    def __init__(self, folder: Path, workers: int):
+        import json
+        self.procs = []
+        spec = folder / "scheduler.json"
+        self._spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                     "--scheduler-file", str(spec)], folder / "scheduler.log")
+        while not spec.exists():
+            time.sleep(0.1)
+        self.address = json.loads(spec.read_text())["address"]
+        for i in range(workers):
+            self._spawn(["worker", self.address, "--nthreads", "1", "--nworkers", "1", "--no-nanny",
+                         "--no-dashboard", "--local-directory", str(folder / f"w{i}")], folder / f"w{i}.log")
+        from distributed import Client
+        with Client(self.address) as client:
+            client.wait_for_workers(workers, timeout=120)
+
+    def _spawn(self, args, log):
+        self.procs.append(subprocess.Popen([BIN / "dask", *args], stdout=open(log, "wb"), stderr=subprocess.STDOUT))
+
+    def close(self):
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problem-set", default="ps01_scopes")
     parser.add_argument("--count", type=int, default=40)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--unsandboxed", action="store_true", help="also time normcourse --no-sandbox")
+    parser.add_argument("--dask", action="store_true", help="local pool against a local Dask cluster")
     args = parser.parse_args()
 
     subs = submissions(args.problem_set, args.count)
+    ours = [BIN / "normcourse", "autograde", args.problem_set, "--workers", str(args.workers), "--no-progress"]
+    runs: dict[str, float] = {}
+    scores: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="normcourse-bench-") as tmp:
-        ours, plain = Path(tmp) / "ours", Path(tmp) / "plain"
-        for folder in (ours, plain):
+        names = (["local pool", "Dask cluster"] if args.dask else
+                 ["plain serial nbgrader", "normcourse (sandboxed)"] + (["normcourse --no-sandbox"]
+                                                                       if args.unsandboxed else []))
+        folders = {name: Path(tmp) / f"course{i}" for i, name in enumerate(names)}
+        for folder in folders.values():
             make_course(folder, args.problem_set)
             place(folder, args.problem_set, subs)
-        run([BIN / "nbgrader", "generate_assignment", args.problem_set, "--force"], plain)
+        cluster = DaskCluster(Path(tmp), args.workers) if args.dask else None
         load_before = os.getloadavg()
-        t_plain = run([BIN / "nbgrader", "autograde", args.problem_set], plain)
-        t_ours = run([BIN / "normcourse", "autograde", args.problem_set, "--workers", str(args.workers),
-                      "--no-progress", "--course", str(ours)], ours)
+        try:
+            for name, folder in folders.items():
+                if name == "plain serial nbgrader":
+                    run([BIN / "nbgrader", "generate_assignment", args.problem_set, "--force"], folder)
+                    runs[name] = run([BIN / "nbgrader", "autograde", args.problem_set], folder)
+                else:
+                    extra = (["--scheduler", cluster.address] if name == "Dask cluster" else
+                             ["--no-sandbox"] if name == "normcourse --no-sandbox" else [])
+                    runs[name] = run(ours + extra + ["--course", str(folder)], folder)
+                scores[name] = auto_scores(folder, args.problem_set, subs)
+        finally:
+            if cluster is not None:
+                cluster.close()
         load_after = os.getloadavg()
-        plain_scores, our_scores = (auto_scores(c, args.problem_set, subs) for c in (plain, ours))
 
     n = len(subs)
-    print(f"{n} submissions of {args.problem_set} on {os.cpu_count()} CPUs "
+    print(f"{n} submissions of {args.problem_set} on {os.cpu_count()} CPUs, {args.workers} workers "
           f"(load average before {load_before[0]:.1f}, after {load_after[0]:.1f})")
-    print(f"plain serial nbgrader autograde:            {t_plain:7.1f} s  = {t_plain / n:5.2f} s/submission")
-    print(f"normcourse autograde --workers {args.workers} (+re-check): {t_ours:7.1f} s  = {t_ours / n:5.2f} s/submission")
-    print(f"ratio (plain / normcourse): {t_plain / t_ours:.2f}x")
-    differ = {s: (plain_scores[s], our_scores[s]) for s in subs if plain_scores[s] != our_scores[s]}
+    for name, seconds in runs.items():
+        print(f"{name:<28} {seconds:7.1f} s  = {seconds / n:5.3f} s/submission")
+    first, *others = names
+    for name in others:
+        print(f"ratio ({first} / {name}): {runs[first] / runs[name]:.2f}x;  "
+              f"difference {(runs[name] - runs[first]) / n:+.3f} s/submission")
+    differ = {s: {name: scores[name][s] for name in names} for s in subs
+              if len({scores[name][s] for name in names}) > 1}
     if differ:
-        print(f"GRADES DIFFER (plain, normcourse): {differ}")
+        print(f"GRADES DIFFER: {differ}")
         return 1
     print(f"grades agree for all {n} submissions (total autograded points "
-          f"{sum(v or 0 for v in our_scores.values()):g})")
+          f"{sum(v or 0 for v in scores[names[-1]].values()):g})")
     return 0
 
 

@@ -34,13 +34,14 @@ def _course(args):
 
 def _limits(args):
     from .grading.limits import Limits
-    return Limits(memory_mb=args.memory_mb)
+    return Limits(memory_mb=args.memory_mb, notebook_seconds=args.notebook_seconds)
 
 
 def cmd_check(args) -> int:
     from .grading.selfcheck import self_check
     try:
-        report = self_check(args.notebook, timeout=args.timeout, limits=_limits(args))
+        report = self_check(args.notebook, timeout=args.timeout, limits=_limits(args),
+                            sandbox=False if args.no_sandbox else None)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -63,11 +64,11 @@ def cmd_release(args) -> int:
 
 
 def cmd_collect(args) -> int:
-    from .grading.collect import DEFAULT_PATTERN, collect_zip
+    from .grading.collect import collect_zip
     try:
-        report = collect_zip(_course(args), args.problem_set, args.zip, pattern=args.pattern or DEFAULT_PATTERN,
-                             overwrite=args.overwrite)
-    except ValueError as exc:
+        report = collect_zip(_course(args), args.problem_set, args.zip, pattern=args.pattern,
+                             overwrite=True if args.overwrite else None)
+    except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.text())
@@ -76,16 +77,30 @@ def cmd_collect(args) -> int:
 
 def cmd_autograde(args) -> int:
     from .grading.autograde import AutogradeOptions, autograde
-    options = AutogradeOptions(workers=args.workers, students=args.student or None, cell_timeout=args.timeout,
-                               force=args.force, regrade=args.regrade, retries=args.retries,
-                               limits=_limits(args), progress=not args.no_progress)
-    summary = autograde(_course(args), args.problem_set, options)
+    from .grading.result import GradeResult
+    from .grading.sandbox import SandboxUnavailable
+    options = AutogradeOptions(workers=args.workers, scheduler=args.scheduler, students=args.student or None,
+                               cell_timeout=args.timeout, force=args.force, regrade=args.regrade,
+                               retries=args.retries, limits=_limits(args), sandbox=not args.no_sandbox,
+                               progress=not args.no_progress)
+    if args.no_sandbox:
+        print("WARNING: grading WITHOUT the sandbox (--no-sandbox): learner code can read and write what "
+              "this user can; every record of this run says so.", file=sys.stderr)
+    try:
+        summary = autograde(_course(args), args.problem_set, options)
+    except (SandboxUnavailable, BlockingIOError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"graded on: {summary.executor or 'nothing to grade'}")
     for student, record in sorted(summary.records.items()):
-        line = f"{student}: {record['status']} {record['score']:g}/{record['max_score']:g}"
+        result = GradeResult.from_json(record["result"])
+        line = f"{student}: {record['status']} {result.score:g}/{result.max_score:g}"
         if record.get("reason"):
             line += f" ({record['reason'][:200]})"
-        if record.get("flags"):
-            line += f" [flags: {'; '.join(record['flags'])[:200]}]"
+        if not result.sandboxed:
+            line += " [NOT SANDBOXED]"
+        if result.flags:
+            line += f" [flags: {'; '.join(result.flags)[:200]}]"
         print(line)
     if summary.skipped:
         print(f"unchanged since last grading (skipped): {', '.join(summary.skipped)}")
@@ -105,7 +120,11 @@ def cmd_feedback(args) -> int:
 
 def cmd_export(args) -> int:
     from .grading.export import export_csv
-    text = export_csv(_course(args), args.problem_set, args.output)
+    try:
+        text = export_csv(_course(args), args.problem_set, args.output, args.student)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not args.output:
         sys.stdout.write(text)
     return 0
@@ -127,26 +146,36 @@ def build_parser() -> argparse.ArgumentParser:
         if course:
             p.add_argument("--course", help="course folder (default: found from the working directory)")
         p.add_argument("--memory-mb", type=int, default=2048, help="memory cap of learner code (MiB)")
+        p.add_argument("--notebook-seconds", type=int, default=180,
+                       help="time budget for running a whole notebook (cells not reached are scored by the re-check)")
         return p
 
     p = add("check", cmd_check, "self-check a notebook: run it and compare with the reference", course=False)
     p.add_argument("notebook")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--timeout", type=int, default=60, help="seconds per cell and per checked call")
+    p.add_argument("--no-sandbox", action="store_true", help="run without the sandbox even where one can start")
 
     p = add("release", cmd_release, "generate the release with nbgrader and check it for leaks")
     p.add_argument("problem_set")
     p.add_argument("--check-only", action="store_true", help="only check the existing release")
 
-    p = add("collect", cmd_collect, "unpack an LMS zip of notebooks into grading/submitted/")
+    p = add("collect", cmd_collect, "unpack an LMS zip of notebooks into grading/submitted/ (nbgrader zip_collect "
+                                    "with safe plugins)")
     p.add_argument("problem_set")
     p.add_argument("zip")
-    p.add_argument("--pattern", help="regex with a named group 'student' applied to each file name")
-    p.add_argument("--overwrite", action="store_true", help="replace differing submissions (old ones kept)")
+    p.add_argument("--pattern", help="regex with a named group 'student_id' applied to each file name "
+                                     "(default: SubmissionCollector.named_regexp in nbgrader_config.py, else Canvas names)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace differing submissions (old ones kept in grading/replaced/); "
+                        "default: SubmissionCollector.overwrite in nbgrader_config.py, else no")
 
-    p = add("autograde", cmd_autograde, "autograde submissions in parallel, isolated workers")
+    p = add("autograde", cmd_autograde, "autograde submissions in parallel, learner code sandboxed")
     p.add_argument("problem_set")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="local worker processes")
+    p.add_argument("--scheduler", help="grade on a Dask cluster: its scheduler address, e.g. tcp://host:8786")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="grade without the sandbox where none can start (recorded for every submission)")
     p.add_argument("--student", action="append", help="only this student (repeatable)")
     p.add_argument("--timeout", type=int, default=None, help="seconds per cell (default: course config)")
     p.add_argument("--retries", type=int, default=2, help="retries after infrastructure errors")
@@ -158,9 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("problem_set")
     p.add_argument("--student", action="append")
 
-    p = add("export", cmd_export, "grades as CSV (csv module, quoted) with grading status")
-    p.add_argument("problem_set", nargs="?")
-    p.add_argument("-o", "--output")
+    p = add("export", cmd_export, "grades as CSV (nbgrader export with a quoting plugin) with each submission's "
+                                  "grading status")
+    p.add_argument("problem_set", nargs="?", help="only this problem set (default: all)")
+    p.add_argument("-o", "--output", help="write here (default: standard output)")
+    p.add_argument("--student", action="append", help="only this student (repeatable)")
 
     p = add("report", cmd_report, "grade histogram, per-part pass rates and flagged submissions (PNG + HTML)")
     p.add_argument("problem_set")

@@ -67,3 +67,12 @@ def test_edge_cases_are_what_their_labels_say():
     assert not found["non-contiguous"].flags.c_contiguous
     assert all(x.dtype == np.float64 for label, x in cases if not label.startswith("float32"))
     assert not any(label.startswith("batch size 1") for label, _ in edge_cases(rng, (3, 4), batch_one=False))
+
+
+def test_describe_and_array_arguments():
+    from normcourse.grading.cases import array_arguments, describe
+
+    x = np.zeros((2, 3), np.float32)
+    assert describe(x, 1e-5, np.ones(3), None) == "shape (2, 3), float32, eps=1e-05, weight"
+    assert describe(x, None) == "shape (2, 3), float32, eps=None, no affine"
+    assert array_arguments((x, (3,), None, np.ones(3), 1e-5)) == (0, 3)

@@ -65,7 +65,6 @@ def test_parallel_grades_are_right(course):
 
 def test_rerun_skips_unchanged_and_regrade_is_identical(course):
     from normcourse.grading.autograde import autograde
-    from normcourse.grading.autograde import ledger_path
     from normcourse.grading.ledger import Ledger
 
     before = gradebook_scores(course, "alice")
@@ -73,11 +72,11 @@ def test_rerun_skips_unchanged_and_regrade_is_identical(course):
     summary = autograde(course, PROBLEM_SET, options(students=["alice"], regrade=True))
     assert summary.records["alice"]["status"] == "graded" and summary.ok
     assert gradebook_scores(course, "alice") == before
-    assert not [e for e in Ledger(ledger_path(course)).events if e["event"] == "overwrote"]
+    assert not [e for e in Ledger(course).events if e["event"] == "overwrote"]
 
 
 def test_differing_grade_needs_force_and_is_logged(course):
-    from normcourse.grading.autograde import autograde, ledger_path
+    from normcourse.grading.autograde import autograde
     from normcourse.grading.ledger import Ledger
 
     submit(course, "carol", solution_nb())
@@ -90,13 +89,13 @@ def test_differing_grade_needs_force_and_is_logged(course):
     forced = autograde(course, PROBLEM_SET, options(students=["carol"], force=True))
     assert forced.records["carol"]["status"] == "graded" and forced.ok
     assert gradebook_scores(course, "carol")["center_test"] == 0
-    events = [e for e in Ledger(ledger_path(course)).events if e["event"] == "overwrote" and e["student"] == "carol"]
-    assert {e["grade_id"] for e in events} == {"center_test"}
+    events = [e for e in Ledger(course).events if e["event"] == "overwrote" and e["student"] == "carol"]
+    assert {e["grade_id"] for e in events} == {"center_shape", "center_test"}  # both now confirmed wrong
 
 
 def test_infrastructure_failure_never_touches_grades(course):
     """The failure seen in production: kernels that do not start. Retried, then recorded; grades kept."""
-    from normcourse.grading.autograde import autograde, ledger_path
+    from normcourse.grading.autograde import autograde
     from normcourse.grading.ledger import Ledger
 
     before = gradebook_scores(course, "alice")
@@ -105,7 +104,7 @@ def test_infrastructure_failure_never_touches_grades(course):
     assert "infrastructure" in summary.records["alice"].get("last_attempt", "")
     assert gradebook_scores(course, "alice") == before
     assert (course.autograded_dir(PROBLEM_SET, "alice") / f"{PROBLEM_SET}.ipynb").exists()
-    events = Ledger(ledger_path(course)).events
+    events = Ledger(course).events
     assert len([e for e in events if e["event"] == "retry" and e["student"] == "alice"]) >= 1
     assert summary.problems == []
 
@@ -122,10 +121,10 @@ def test_first_grading_that_hits_infrastructure_records_a_reason(course):
 
 def test_resume_after_crash_between_gradebook_and_ledger(course):
     """A crash after the gradebook write but before the ledger write: the re-run regrades, identically."""
-    from normcourse.grading.autograde import autograde, consistency_problems, ledger_path
-    from normcourse.grading.ledger import Ledger
+    from normcourse.grading.autograde import autograde
+    from normcourse.grading.ledger import Ledger, consistency_problems
 
-    ledger = Ledger(ledger_path(course))
+    ledger = Ledger(course)
     del ledger.records[Ledger.key(PROBLEM_SET, "bob")]
     ledger.save()
     assert any("bob: no ledger record" in p for p in consistency_problems(course, PROBLEM_SET, ["bob"]))
@@ -136,7 +135,7 @@ def test_resume_after_crash_between_gradebook_and_ledger(course):
 def test_consistency_check_notices_a_changed_gradebook(course):
     from nbgrader.api import Gradebook
 
-    from normcourse.grading.autograde import consistency_problems
+    from normcourse.grading.ledger import consistency_problems
 
     with Gradebook(course.db_url) as gb:
         grade = gb.find_grade("center_test", PROBLEM_SET, PROBLEM_SET, "alice")
@@ -185,3 +184,24 @@ def test_report_writes_page_and_plots(course):
     assert (page.parent / "pass_rates.png").stat().st_size > 1000
     text = page.read_text()
     assert "center_test" in text and "Flagged submissions" in text
+
+
+def test_without_a_sandbox_autograde_refuses_unless_told_and_then_says_so(course, monkeypatch):
+    """Where no sandbox can start, grading stops with the reason; --no-sandbox grades, and every record,
+    the report and the export say the submission was graded without it."""
+    from normcourse.grading import sandbox
+    from normcourse.grading.autograde import autograde
+    from normcourse.grading.export import export_rows
+    from normcourse.grading.report import write_report
+    from normcourse.grading.result import GradeResult
+
+    submit(course, "erin", solution_nb())
+    monkeypatch.setattr(sandbox, "availability", lambda: (False, "bubblewrap is not installed (test)"))
+    with pytest.raises(sandbox.SandboxUnavailable, match="bubblewrap is not installed .test.*--no-sandbox"):
+        autograde(course, PROBLEM_SET, options(students=["erin"]))
+    summary = autograde(course, PROBLEM_SET, options(students=["erin"], sandbox=False))
+    record = summary.records["erin"]
+    assert record["status"] == "graded" and GradeResult.from_json(record["result"]).sandboxed is False
+    assert "WITHOUT the sandbox" in write_report(course, PROBLEM_SET).read_text()
+    erin = next(r for r in export_rows(course, PROBLEM_SET) if r["student_id"] == "erin")
+    assert erin["status"] == "graded"

@@ -46,8 +46,9 @@ def test_patched_comparisons_do_not_fool_the_self_check(tmp_path):
     path = tmp_path / f"{PROBLEM_SET}.ipynb"
     nbformat.write(nb, path)
     report = self_check(path, timeout=30)
-    assert report.score == 0 and not report.all_passed
-    assert any("numpy.allclose" in note for note in report.notes)
+    scale = next(p for p in report.parts if p.grade_id == "scale_test")
+    assert scale.points == 0 and not scale.passed and "re-check" in scale.message
+    assert report.score == 3  # center is the solution's: it keeps its points; the patch bought nothing
 
 
 def test_not_a_notebook_is_a_usage_error(tmp_path):

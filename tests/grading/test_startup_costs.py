@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from normcourse.grading.worker import kernel_preload, uses_torch
+from normcourse.grading.host import kernel_preload, uses_torch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,7 +88,7 @@ def test_a_stamped_gradebook_has_nbgraders_schema_version_and_tables(tmp_path, m
 def test_torch_is_preloaded_only_for_problem_sets_that_import_it(problem_set, torch):
     source = REPO / "solutions" / problem_set
     assert uses_torch(source) is torch
-    modules = kernel_preload(source, problem_set)
+    modules = kernel_preload(problem_set, uses_torch(source))
     assert ("torch" in modules) is torch
     assert f"normcourse.problems.{problem_set}" in modules
 

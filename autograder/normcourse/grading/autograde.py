@@ -1,28 +1,31 @@
-"""Parallel autograding without data loss: isolated workers, merge on success, retries, a ledger.
+"""Autograde a class: one task per submission, graded anywhere, merged here, never silently lost.
 
-nbgrader's gradebook is one SQLite file, and several ``nbgrader autograde`` processes on it at once
-were seen to time out, zero grades and delete autograded folders. Here nbgrader still does all the
-grading, but never concurrently on a shared gradebook:
+nbgrader does all the grading, but never concurrently on a shared gradebook:
 
 1. **seed**: ``generate_assignment`` (nbgrader) runs once on a private copy of the source to make a
    *template* gradebook holding only the assignment (kept per source version), and once for the
-   course gradebook (a course without a gradebook yet gets a copy of the template instead);
-2. **grade**: ``workers`` long-lived worker processes (:mod:`normcourse.grading.worker`) each grade one
-   submission at a time, each submission in its own workspace with its own copy of the template
-   gradebook, under a wall-clock limit (on expiry the worker and its kernels are killed and
-   replaced); ``tqdm`` shows progress. Each worker forks its kernels from a warm zygote
-   (:mod:`normcourse.grading.kernel_zygote`) capped by ``options.limits``, and nbgrader drives them
-   through :mod:`normcourse.grading.kernel_manager`, which skips jupyter_client's idle waits;
-3. **retry**: a result classed as ``infrastructure`` (the kernel did not start, ZMQ errors, a crashed
-   worker) is retried with back-off and never written as a grade;
-4. **merge**: only this process writes the course gradebook, through nbgrader's ``Gradebook`` API,
-   and only from a successful result. A grade that already exists with a different value is kept
-   unless ``force=True`` (then overwritten and logged in the ledger); identical grades are no-ops,
-   so re-grading is idempotent;
-5. **ledger**: every submission ends as ``graded``, ``failed`` (reason; autograded cells score 0),
-   ``conflict`` or ``infrastructure`` (reason; nothing written), and :func:`consistency_problems`
-   checks that the gradebook and the ledger agree. A re-run skips submissions whose ledger record
-   matches their current files (a crash loses at most the submissions in flight, which are re-graded).
+   course gradebook (a course without a gradebook gets a copy of the template);
+2. **tasks**: each submission becomes a :class:`~normcourse.grading.result.GradeTask` carrying its
+   bytes, the problem set's source, the template, the versions the worker must match, the limits and
+   the course's private re-check salt;
+3. **grade**: an executor (:mod:`normcourse.grading.executors`: a local process pool by default,
+   a Dask cluster with ``scheduler=``) runs :func:`normcourse.grading.worker.grade` on each, in the
+   sandbox; ``tqdm`` shows progress;
+4. **retry**: a result classed ``infrastructure`` or ``refused`` (a kernel that did not start, a
+   worker that died or has another course version) is retried (``retries`` times, with back-off) and
+   never written as a grade;
+5. **merge**: only this process writes the course gradebook, through nbgrader's ``Gradebook`` API,
+   and only from a ``graded`` or ``failed`` result. A grade that already exists with a different
+   value is kept unless ``force=True`` (then overwritten, and logged in the ledger); identical grades
+   are no-ops, so re-grading is idempotent;
+6. **ledger**: every submission ends ``graded``, ``failed`` (reason; autograded cells score 0),
+   ``conflict``, ``infrastructure`` or ``refused`` (reason; nothing written), and
+   :func:`~normcourse.grading.ledger.consistency_problems` checks gradebook against ledger. A re-run
+   skips submissions whose record matches their current files, so a crash of this process loses at
+   most the submissions in flight, which the next run grades.
+
+Learner code never runs here. Without a sandbox on this machine or the workers, grading stops with
+the reason, unless ``sandbox=False`` (``--no-sandbox``), which every record and the report show.
 
 Example::
 
@@ -32,29 +35,23 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
+import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .course import Course
-from .ledger import Ledger
+from .ledger import TOLERANCE, Ledger, consistency_problems
 from .limits import Limits
-from .worker import fingerprint, kernel_preload
+from .result import GradeResult, GradeTask, PartGrade
+from .worker import fingerprint, fingerprint_files, package_version, read_files
 
 __all__ = ["AutogradeOptions", "AutogradeSummary", "autograde", "seed_gradebook", "stamp_new_gradebook",
-           "consistency_problems", "ledger_path"]
-
-_TOLERANCE = 1e-9
-#: How often the pool looks for finished results (a few stat calls; a worker idles this long at most).
-_POLL_SECONDS = 0.02
+           "course_salt", "build_tasks"]
 
 
 @dataclass
@@ -62,31 +59,29 @@ class AutogradeOptions:
     """How to autograde.
 
     Attributes:
-        workers: submissions graded at once (each is one kernel plus one re-check process).
+        workers: local worker processes (each grades one submission at a time).
+        scheduler: a Dask scheduler address (``tcp://HOST:PORT``); grade there instead of locally.
         students: only these students (default: every submission of the problem set).
-        cell_timeout: seconds per cell (default: the course config's ``Execute.timeout``).
-        submission_timeout: wall-clock seconds for one submission, re-check included (default: 10
-            minutes); on expiry the worker's process group is killed and the submission fails.
-        recheck_timeout: wall-clock seconds for the out-of-kernel re-check of one notebook.
+        cell_timeout: seconds per cell and per re-check call (default: the course's ``Execute.timeout``).
+        recheck_timeout: wall-clock seconds for the whole out-of-kernel re-check of one notebook.
         retries: extra attempts after an infrastructure failure.
-        startup_timeout: seconds a kernel may take to start before the attempt counts as an
-            infrastructure failure.
         force: overwrite existing grades that differ (each overwrite is logged in the ledger).
         regrade: grade again even if the ledger says these exact files were already graded.
-        limits: memory/CPU/file caps of the kernel and the re-check.
+        limits: caps of every learner process (see :class:`~normcourse.grading.limits.Limits`).
+        sandbox: run learner code in the sandbox (False only with an explicit ``--no-sandbox``).
         progress: show a tqdm progress bar.
     """
 
     workers: int = 2
+    scheduler: str | None = None
     students: list[str] | None = None
     cell_timeout: int | None = None
-    submission_timeout: float = 600.0
-    recheck_timeout: float = 180.0
+    recheck_timeout: float = 300.0
     retries: int = 2
-    startup_timeout: int = 60
     force: bool = False
     regrade: bool = False
     limits: Limits = field(default_factory=Limits)
+    sandbox: bool = True
     progress: bool = True
 
 
@@ -96,6 +91,7 @@ class AutogradeSummary:
     records: dict[str, dict]
     skipped: list[str]
     problems: list[str]
+    executor: str = ""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -109,45 +105,85 @@ class AutogradeSummary:
         return not self.problems and all(r["status"] in ("graded", "failed") for r in self.records.values())
 
 
-def ledger_path(course: Course) -> Path:
-    return course.grading_dir / "ledger.json"
+def course_salt(course) -> int:
+    """The course's private re-check salt (made once, kept in the grading folder, never published)."""
+    path = course.grading_dir / "recheck-salt"
+    if not path.exists():
+        course.grading_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(secrets.randbits(62)))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return int(path.read_text())
 
 
 def _sqlite_path(db_url: str) -> Path | None:
+    """The file of a SQLite gradebook URL (None for a server database such as PostgreSQL)."""
     return Path(db_url[len("sqlite:///"):]) if db_url.startswith("sqlite:///") else None
 
 
-def stamp_new_gradebook(path: Path) -> bool:
-    """Create an empty SQLite gradebook at ``path`` stamped with nbgrader's schema version; return
-    whether it did.
+def stamp_new_gradebook(target: Path | str) -> bool:
+    """Give a new gradebook nbgrader's schema version without nbgrader's subprocess; return whether it did.
 
     nbgrader's ``Gradebook`` stamps a brand-new database with the version it gets by running the
     ``alembic heads`` command in a subprocess (about 3 s of CPU here, mostly re-importing nbgrader).
-    The same head, read in this process from nbgrader's own migration scripts, makes the file count as
-    existing, and ``Gradebook`` then creates its tables as usual. A test checks that both ways give
-    the same version. Leaves ``path`` alone (and returns False) if it exists or the head is ambiguous.
-    """
-    import sqlite3
+    The same head, read in this process from nbgrader's own migration scripts, makes the database count
+    as existing. A test checks that both ways give the same version.
 
+    Args:
+        target: a SQLite file (a Path, or a ``sqlite:///`` URL): created with only ``alembic_version``,
+            and ``Gradebook`` then creates its tables as usual; left alone if it exists. Or a server
+            database URL (``postgresql+psycopg://...``): stamped and given nbgrader's tables in one
+            transaction, only if it has no table at all (so several processes opening a new shared
+            gradebook at once never race in nbgrader's own table creation).
+
+    Returns:
+        True if it stamped; False if the database existed, another process stamped it first, or the
+        migration head is ambiguous.
+    """
     from alembic.script import ScriptDirectory
     from nbgrader.dbutil import ALEMBIC_DIR
 
     heads = ScriptDirectory(ALEMBIC_DIR).get_heads()
-    if path.exists() or len(heads) != 1:
+    if len(heads) != 1:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
-        db.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (heads[0],))
-    db.close()
+    path = target if isinstance(target, Path) else _sqlite_path(target)
+    if path is not None:
+        import sqlite3
+
+        if path.exists():
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+            db.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (heads[0],))
+        db.close()
+        return True
+
+    from nbgrader.api import Base
+    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    engine = create_engine(target)
+    try:
+        with engine.begin() as conn:
+            if inspect(conn).get_table_names():
+                return False
+            conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+            conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:head)"), {"head": heads[0]})
+            Base.metadata.create_all(conn)
+    except (IntegrityError, ProgrammingError):  # another process created the tables first
+        return False
+    finally:
+        engine.dispose()
     return True
 
 
-def seed_gradebook(course: Course, problem_set: str, db_url: str) -> None:
-    """Record the assignment (notebooks, grade cells, checksums) in ``db_url`` with nbgrader's
-    ``generate_assignment``, run on a private copy of the source so the course's release is untouched."""
-    if (path := _sqlite_path(db_url)) is not None:
-        stamp_new_gradebook(path)
+def seed_gradebook(course, problem_set: str, db_url: str) -> None:
+    """Record the assignment (notebooks, grade cells, checksums) in ``db_url`` (SQLite or a server
+    database) with nbgrader's ``generate_assignment``, run on a private copy of the source so the
+    course's release is untouched."""
+    stamp_new_gradebook(_sqlite_path(db_url) or db_url)
     with tempfile.TemporaryDirectory(prefix="normcourse-seed-") as tmp:
         shutil.copytree(course.source_dir(problem_set), Path(tmp) / "solutions" / problem_set)
         api = course.api({"CourseDirectory": {"root": tmp, "source_directory": "solutions",
@@ -158,10 +194,15 @@ def seed_gradebook(course: Course, problem_set: str, db_url: str) -> None:
                                f"{outcome.get('log', '')[-2000:]}")
 
 
-def _seeded(course: Course, problem_set: str, ledger: Ledger) -> Path:
+def _seeded(course, problem_set: str, ledger: Ledger) -> Path:
     """The template gradebook for the current source of ``problem_set`` (made once per source version),
-    with the course gradebook seeded for the same version. A course without a gradebook yet gets a
-    copy of the template, which is exactly what ``generate_assignment`` would have written there."""
+    with the course gradebook seeded for the same version.
+
+    The template is always a SQLite file (workers grade on private copies of it). A course whose SQLite
+    gradebook does not exist yet gets a copy of the template, which is exactly what
+    ``generate_assignment`` would have written there; a server gradebook (PostgreSQL) is stamped if new
+    and seeded with ``generate_assignment``.
+    """
     from nbgrader.api import Gradebook, MissingEntry
 
     version = fingerprint(course.source_dir(problem_set))[:16]
@@ -179,6 +220,8 @@ def _seeded(course: Course, problem_set: str, ledger: Ledger) -> Path:
         shutil.copy2(template, partial)
         os.replace(partial, course_db)
     else:
+        if course_db is None:
+            stamp_new_gradebook(course.db_url)
         try:
             with Gradebook(course.db_url) as gb:
                 gb.find_assignment(problem_set)
@@ -193,366 +236,250 @@ def _seeded(course: Course, problem_set: str, ledger: Ledger) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# Merging one worker result into the course gradebook.
+# Tasks
 
-def _write_grades(course: Course, ledger: Ledger, result: dict, *, force: bool) -> tuple[str, str]:
-    """Write a worker's grades into the course gradebook; return (status, reason)."""
-    from nbgrader.api import Gradebook
+def build_tasks(course, problem_set: str, students: list[str], template_db: Path, options: AutogradeOptions,
+                cell_timeout: int) -> list[GradeTask]:
+    """One self-contained task per submission (bytes, not paths: a task may travel to another machine)."""
+    source = read_files(course.source_dir(problem_set))
+    config = course.root / "nbgrader_config.py"
+    if config.exists():
+        source["nbgrader_config.py"] = config.read_bytes()
+    template = template_db.read_bytes()
+    version, salt = fingerprint_files(source), course_salt(course)
+    return [GradeTask(problem_set, student, read_files(course.submitted_dir(problem_set, student)), source, template,
+                      version, package_version(), options.limits.to_json(), cell_timeout, options.recheck_timeout,
+                      salt, options.sandbox) for student in students]
 
-    problem_set, student = result["problem_set"], result["student"]
-    with Gradebook(course.db_url) as gb, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's own SQLAlchemy notice
-        gb.update_or_create_student(student)
-        kwargs = {"timestamp": result["timestamp"]} if result.get("timestamp") else {}
-        gb.update_or_create_submission(problem_set, student, **kwargs)
-        changes, conflicts = [], []
-        for nb_name, entry in result["notebooks"].items():
-            for grade_id, new in entry["grades"].items():
-                grade = gb.find_grade(grade_id, nb_name, problem_set, student)
-                old, value = grade.auto_score, new["auto_score"]
-                if old is not None and (value is None or abs(old - value) > _TOLERANCE):
-                    conflicts.append((nb_name, grade_id, old, value))
-                changes.append((grade, value))
-            for grade_id, comment_text in entry.get("comments", {}).items():
-                comment = gb.find_comment(grade_id, nb_name, problem_set, student)
-                comment.auto_comment = comment_text
-            notebook = gb.find_submission_notebook(nb_name, problem_set, student)
-            if entry.get("late_penalty") is not None:
-                notebook.late_submission_penalty = entry["late_penalty"]
-        if conflicts and not force:
-            gb.db.rollback()
-            text = "; ".join(f"{nb}/{gid}: gradebook {old}, new {new}" for nb, gid, old, new in conflicts)
-            ledger.log("conflict_kept", problem_set=problem_set, student=student, details=text)
-            return "conflict", f"kept existing grades that differ from this run (use --force to overwrite): {text}"
-        for grade, value in changes:
-            grade.auto_score = value
-            grade.needs_manual_grade = grade.manual_score is not None or value is None
-        gb.db.commit()
-        for nb_name, grade_id, old, new in conflicts:
-            ledger.log("overwrote", problem_set=problem_set, student=student, notebook=nb_name,
-                       grade_id=grade_id, old=old, new=new)
+
+# ------------------------------------------------------------------------------------------------
+# Merging one result into the course gradebook.
+
+def _write_grades(course, ledger: Ledger, result: GradeResult, *, force: bool) -> tuple[str, str]:
+    """Write a result's grades into the course gradebook; return (status, reason).
+
+    Only the autograder's columns are written (``auto_score``, ``needs_manual_grade``, ``auto_comment``,
+    the late penalty, the timestamp): SQLAlchemy updates only the columns that changed, so a manual
+    score, extra credit or manual comment that a grader writes at the same time (formgrader, a script
+    on a shared PostgreSQL gradebook) is never overwritten. The submission's grade rows are locked
+    (``SELECT ... FOR UPDATE``, in id order; SQLite has no row locks and needs none, its writers take
+    turns) from the read that detects conflicts to the commit, so the conflict check and
+    ``needs_manual_grade`` see the latest manual scores. A transaction the database aborts (a deadlock
+    or serialization failure on a server, "database is locked" on SQLite) is rolled back and retried.
+    """
+    from nbgrader.api import Assignment, Gradebook, Grade, InvalidEntry, SubmittedAssignment, SubmittedNotebook
+    from sqlalchemy.exc import OperationalError
+
+    problem_set, student = result.problem_set, result.student
+
+    def write_once() -> tuple[str, list]:
+        with Gradebook(course.db_url) as gb, warnings.catch_warnings():  # closing it rolls back what is not committed
+            warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's own SQLAlchemy notice
+            gb.update_or_create_student(student)
+            kwargs = {"timestamp": result.timestamp} if result.timestamp else {}
+            gb.update_or_create_submission(problem_set, student, **kwargs)
+            (gb.db.query(Grade.id).join(SubmittedNotebook, Grade.notebook_id == SubmittedNotebook.id)
+             .join(SubmittedAssignment, SubmittedNotebook.assignment_id == SubmittedAssignment.id)
+             .join(Assignment, SubmittedAssignment.assignment_id == Assignment.id)
+             .filter(Assignment.name == problem_set, SubmittedAssignment.student_id == student)
+             .order_by(Grade.id).with_for_update(of=Grade).all())
+            changes, conflicts = [], []
+            for part in result.parts:
+                if part.kind != "autograded":
+                    continue
+                grade = gb.find_grade(part.grade_id, part.notebook, problem_set, student)
+                old, new = grade.auto_score, part.score
+                if old is not None and (new is None or abs(old - new) > TOLERANCE):
+                    conflicts.append((part.notebook, part.grade_id, old, new))
+                changes.append((grade, new))
+            if conflicts and not force:
+                gb.db.rollback()
+                return "conflict", conflicts
+            for notebook, comments in result.comments.items():
+                for grade_id, text in comments.items():
+                    gb.find_comment(grade_id, notebook, problem_set, student).auto_comment = text
+            for notebook, penalty in result.late_penalty.items():
+                if penalty is not None:
+                    gb.find_submission_notebook(notebook, problem_set, student).late_submission_penalty = penalty
+            for grade, value in changes:
+                grade.auto_score = value
+                grade.needs_manual_grade = grade.manual_score is not None or value is None
+            gb.db.commit()
+        return "ok", conflicts
+
+    for attempt in range(1, 6):
+        try:
+            outcome, conflicts = write_once()
+            break
+        except (OperationalError, InvalidEntry) as exc:  # nbgrader wraps a failed commit in InvalidEntry
+            if attempt == 5:
+                raise
+            ledger.log("gradebook_retry", problem_set=problem_set, student=student, attempt=attempt,
+                       error=f"{type(exc).__name__}: {exc}"[:500])
+            time.sleep(0.1 * 2 ** attempt)
+    if outcome == "conflict":
+        text = "; ".join(f"{nb}/{gid}: gradebook {old}, new {new}" for nb, gid, old, new in conflicts)
+        ledger.log("conflict_kept", problem_set=problem_set, student=student, details=text)
+        return "conflict", f"kept existing grades that differ from this run (use --force to overwrite): {text}"
+    for nb, gid, old, new in conflicts:
+        ledger.log("overwrote", problem_set=problem_set, student=student, notebook=nb, grade_id=gid,
+                   old=old, new=new)
     return "ok", ""
 
 
-def _zero_result(course: Course, result: dict) -> dict:
-    """A failed submission's grades: every cell 0 (nothing gradable), in the worker result's shape."""
+def _zeroed(course, result: GradeResult) -> GradeResult:
+    """A failed submission's grades: every autograded cell 0, with the reason."""
     from nbgrader.api import Gradebook
 
-    notebooks = {}
+    parts = []
     with Gradebook(course.db_url) as gb:
-        assignment = gb.find_assignment(result["problem_set"])
-        for nb in assignment.notebooks:
-            notebooks[nb.name] = {"grades": {c.name: {"auto_score": 0.0, "max_score": c.max_score,
-                                                      "kind": "autograded" if c.cell_type == "code" else "manual",
-                                                      "reason": result["reason"]}
-                                             for c in nb.grade_cells}, "comments": {}}
-    return dict(result, notebooks=notebooks)
+        for nb in gb.find_assignment(result.problem_set).notebooks:
+            for cell in nb.grade_cells:
+                autograded = cell.cell_type == "code" and not any(s.name == cell.name for s in nb.solution_cells)
+                parts.append(PartGrade(nb.name, cell.name, "autograded" if autograded else "manual",
+                                       float(cell.max_score), score=0.0 if autograded else None, ran=False,
+                                       reason=result.reason))
+    result.parts = parts
+    return result
 
 
-def _install_autograded(course: Course, result: dict) -> None:
-    """Replace the course's autograded folder of this submission with the worker's (never half-written)."""
-    dest = course.autograded_dir(result["problem_set"], result["student"])
+def _install_autograded(course, result: GradeResult) -> None:
+    """Replace the course's autograded folder of this submission with the result's (never half-written)."""
+    from .worker import _write
+
+    dest = course.autograded_dir(result.problem_set, result.student)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.with_name(dest.name + ".incoming")
     old = dest.with_name(dest.name + ".old")
     for stale in (staging, old):
         if stale.exists():
             shutil.rmtree(stale)
-    shutil.copytree(result["autograded_dir"], staging)
+    staging.mkdir()
+    _write(result.files, staging)
     if dest.exists():
-        os.replace(dest, old)
-    os.replace(staging, dest)
+        dest.replace(old)
+    staging.replace(dest)
     if old.exists():
         shutil.rmtree(old)
 
 
-def _record(result: dict, status: str, reason: str, attempts: int) -> dict:
-    parts, score, max_score = {}, 0.0, 0.0
-    for nb_name, entry in result.get("notebooks", {}).items():
-        for grade_id, g in entry["grades"].items():
-            parts[f"{nb_name}/{grade_id}"] = {k: g.get(k) for k in ("auto_score", "max_score", "kind",
-                                                                    "recheck_passed", "reason",
-                                                                    "in_kernel_score")}
-            if g["kind"] == "autograded":
-                score += g["auto_score"] or 0.0
-                max_score += g["max_score"]
-    return {"status": status, "reason": reason, "fingerprint": result.get("fingerprint"),
-            "flags": result.get("flags", []), "parts": parts, "score": score, "max_score": max_score,
-            "attempts": attempts, "recheck": result.get("recheck", {}), "seconds": result.get("seconds"),
-            "log_tail": result.get("log_tail", "")[-1500:] if status != "graded" else ""}
-
-
-def _merge(course: Course, ledger: Ledger, result: dict, attempts: int, force: bool) -> dict:
-    problem_set, student = result["problem_set"], result["student"]
-    status = result["status"]
-    if status == "infrastructure":
-        previous = ledger.get(problem_set, student)
+def merge(course, ledger: Ledger, result: GradeResult, attempts: int, force: bool) -> dict:
+    """Record one final result: grades into the gradebook (graded, failed), the ledger always."""
+    if result.status in ("infrastructure", "refused"):
+        previous = ledger.get(result.problem_set, result.student)
         if previous and previous["status"] in ("graded", "failed"):
             # keep the last real outcome (and its grades); the failed attempt is only logged
-            ledger.log("infrastructure_error", problem_set=problem_set, student=student,
-                       attempts=attempts, reason=result.get("reason", "")[:1000])
-            return dict(previous, last_attempt=f"infrastructure error: {result.get('reason', '')[:300]}")
-        record = _record(result, "infrastructure", result.get("reason", ""), attempts)
-    else:
-        if status == "failed":
-            result = _zero_result(course, result)
-        outcome, why = _write_grades(course, ledger, result, force=force)
-        if outcome == "conflict":
-            record = _record(result, "conflict", why, attempts)
-        else:
-            if status == "graded":
-                _install_autograded(course, result)
-            record = _record(result, status, result.get("reason", ""), attempts)
-    ledger.put(problem_set, student, record)
-    return record
+            ledger.log(f"{result.status}_error", problem_set=result.problem_set, student=result.student,
+                       attempts=attempts, reason=result.reason[:1000])
+            return dict(previous, last_attempt=f"{result.status}: {result.reason[:300]}")
+        return ledger.put(result, result.status, result.reason, attempts)
+    if result.status == "failed":
+        result = _zeroed(course, result)
+    outcome, why = _write_grades(course, ledger, result, force=force)
+    if outcome == "conflict":
+        return ledger.put(result, "conflict", why, attempts)
+    if result.status == "graded":
+        _install_autograded(course, result)
+    return ledger.put(result, result.status, result.reason, attempts)
 
 
 # ------------------------------------------------------------------------------------------------
-# The pool.
+# The batch.
 
-@dataclass
-class _Task:
-    student: str
-    attempts: int = 0
-    not_before: float = 0.0
-    started: float = 0.0
-    result_path: Path | None = None
-
-
-class _Worker:
-    """One long-lived ``worker --serve`` process; it grades one submission at a time.
-
-    Learner code never runs in it (only in the kernels and re-check processes it starts), so it can
-    serve many submissions; it is killed with all its descendants (kernels start their own sessions)
-    and replaced when a submission exceeds its time limit or the process dies.
-    """
-
-    def __init__(self, scratch: Path, index: int, kernel_preload: list[str], limits: Limits):
-        self.log_path = scratch / f"worker-{index}.log"
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "normcourse.grading.worker", "--serve",
-                                             *limits.to_args(), *kernel_preload],
-                                            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, start_new_session=True, text=True)
-        self.task: _Task | None = None
-
-    def submit(self, task: _Task, job_path: Path) -> None:
-        self.task = task
-        task.started = time.monotonic()
-        self.process.stdin.write(f"{job_path}\n")
-        self.process.stdin.flush()
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        _kill_tree(self.process)
-
-    def stop(self) -> None:
-        """Close its job queue (stdin): it finishes, stops its kernel zygote and exits."""
-        try:
-            self.process.stdin.close()
-        except OSError:
-            pass
-
-    def wait(self, timeout: float = 30) -> None:
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-
-def _job(task: _Task, course: Course, problem_set: str, scratch: Path, template_db: Path,
-         options: AutogradeOptions, cell_timeout: int) -> Path:
-    task.attempts += 1
-    base = scratch / f"{task.student}.{task.attempts}"
-    base.mkdir(parents=True, exist_ok=True)
-    task.result_path = base / "result.json"
-    job_path = base / "job.json"
-    job_path.write_text(json.dumps({
-        "course_root": str(course.root), "course_work": str(course.work) if course.work else None,
-        "problem_set": problem_set, "student": task.student,
-        "submission_dir": str(course.submitted_dir(problem_set, task.student)),
-        "workspace": str(base / "course"), "template_db": str(template_db), "result_path": str(task.result_path),
-        "cell_timeout": cell_timeout, "recheck_timeout": options.recheck_timeout,
-        "startup_timeout": options.startup_timeout,
-        "limits": asdict(options.limits)}))
-    return job_path
-
-
-def _kill_tree(process: subprocess.Popen) -> None:
-    """Kill a worker and every process under it (its kernels run in sessions of their own)."""
-    import psutil
-    try:
-        children = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    for child in children:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
-def _poll(worker: _Worker, options: AutogradeOptions, problem_set: str) -> dict | None:
-    """The worker's current result if done (or failed, or over time), else None."""
-    task = worker.task
-    if task.result_path.exists():
-        return json.loads(task.result_path.read_text())
-    if not worker.alive():
-        tail = worker.log_path.read_bytes()[-800:].decode(errors="replace")
-        return {"status": "infrastructure", "student": task.student, "problem_set": problem_set,
-                "reason": f"worker exited with code {worker.process.returncode} and no result: {tail}"}
-    if time.monotonic() - task.started > options.submission_timeout:
-        worker.kill()
-        return {"status": "failed", "student": task.student, "problem_set": problem_set,
-                "reason": f"grading exceeded the time limit of {options.submission_timeout:g} s per submission"}
-    return None
-
-
-def autograde(course: Course, problem_set: str, options: AutogradeOptions = AutogradeOptions()) -> AutogradeSummary:
-    """Autograde the submissions of ``problem_set``; see the module docstring."""
-    course.grading_dir.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(ledger_path(course))
-    students = options.students or course.submitted_students(problem_set)
-    missing = [s for s in students if not course.submitted_dir(problem_set, s).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"no submission of {problem_set} for: {', '.join(missing)}")
-    cell_timeout = options.cell_timeout or int(course.config().Execute.get("timeout", 30))
-
+def _to_grade(course, problem_set: str, students: list[str], ledger: Ledger, options) -> tuple[list, list]:
     skipped, todo = [], []
     for student in students:
         record = ledger.get(problem_set, student)
-        unchanged = record and record.get("fingerprint") == fingerprint(course.submitted_dir(problem_set, student))
-        if unchanged and record["status"] in ("graded", "failed") and not options.regrade and not options.force:
+        same = (record is not None and record.get("result", {}).get("fingerprint")
+                == fingerprint(course.submitted_dir(problem_set, student)))
+        if same and record["status"] in ("graded", "failed") and not options.regrade and not options.force:
             skipped.append(student)
         else:
             todo.append(student)
+    return skipped, todo
 
-    records: dict[str, dict] = {}
-    if todo:
-        scratch = Path(tempfile.mkdtemp(prefix=f"normcourse-autograde-{problem_set}-"))
-        try:
-            # Workers start (and warm up: imports, re-check fork server) while the gradebooks are seeded;
-            # they wait for job paths on stdin and touch nothing before.
-            preload = kernel_preload(course.source_dir(problem_set), problem_set)
 
-            def spawn(index: int) -> _Worker:
-                return _Worker(scratch, index, preload, options.limits)
-            workers = [spawn(i) for i in range(min(max(1, options.workers), len(todo)))]
+def autograde(course, problem_set: str, options: AutogradeOptions = AutogradeOptions()) -> AutogradeSummary:
+    """Autograde the submissions of ``problem_set``; see the module docstring."""
+    from .executors import make_executor
+    from .sandbox import SandboxUnavailable, availability
+
+    if options.sandbox and options.scheduler is None:
+        ok, why = availability()
+        if not ok:
+            raise SandboxUnavailable(f"learner code can only run in a sandbox, and none can start here: {why}. "
+                                     f"Fix that, grade on workers that have it (--scheduler), or pass "
+                                     f"--no-sandbox to grade unsandboxed (every record will say so).")
+    course.grading_dir.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(course).lock()
+    try:
+        students = options.students or course.submitted_students(problem_set)
+        missing = [s for s in students if not course.submitted_dir(problem_set, s).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"no submission of {problem_set} for: {', '.join(missing)}")
+        cell_timeout = options.cell_timeout or int(course.config().Execute.get("timeout", 30))
+        skipped, todo = _to_grade(course, problem_set, students, ledger, options)
+        records: dict[str, dict] = {}
+        executor_name = ""
+        if todo:
+            executor = make_executor(options.workers, options.scheduler)
+            executor_name = executor.describe()
             try:
                 template_db = _seeded(course, problem_set, ledger)
-            except BaseException:
-                for worker in workers:
-                    worker.kill()
-                raise
-            records = _run_pool(course, problem_set, todo, scratch, template_db, options, cell_timeout, ledger,
-                                workers, spawn)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    for student in skipped:
-        records[student] = ledger.get(problem_set, student)
-    problems = consistency_problems(course, problem_set, students)
-    return AutogradeSummary(problem_set, records, skipped, problems)
+                tasks = build_tasks(course, problem_set, todo, template_db, options, cell_timeout)
+                records = _run(course, ledger, executor, tasks, options)
+            finally:
+                executor.close()
+        for student in skipped:
+            records[student] = ledger.get(problem_set, student)
+        problems = consistency_problems(course, problem_set, students)
+        return AutogradeSummary(problem_set, records, skipped, problems, executor_name)
+    finally:
+        ledger.unlock()
 
 
-def _run_pool(course, problem_set, students, scratch, template_db, options, cell_timeout, ledger,
-              workers: list[_Worker], spawn) -> dict:
-    """Grade ``students`` on ``workers``; ``spawn(index)`` starts a replacement for a worker that died."""
+def _run(course, ledger: Ledger, executor, tasks: list[GradeTask], options: AutogradeOptions) -> dict:
+    """Submit every task, merge each result as it arrives, retry infrastructure failures."""
     from tqdm import tqdm
 
-    queue = [_Task(s) for s in students]
-    spawned = len(workers)
-    records: dict[str, dict] = {}
-    bar = tqdm(total=len(queue), desc=f"autograde {problem_set}", unit="submission",
-               disable=not options.progress, file=sys.stderr)
-    def hand_out() -> None:
-        """Give every idle worker the next ready submission (replacing a worker that has died)."""
-        nonlocal spawned
-        for i, worker in enumerate(workers):
-            if worker.task is not None:
-                continue
-            ready = [t for t in queue if t.not_before <= time.monotonic()]
-            if not ready:
-                return
-            if not worker.alive():
-                workers[i] = worker = spawn(spawned)
-                spawned += 1
-            queue.remove(ready[0])
-            worker.submit(ready[0], _job(ready[0], course, problem_set, scratch, template_db, options,
-                                         cell_timeout))
+    from .executors import WorkerLost
+    from .worker import grade
 
+    records: dict[str, dict] = {}
+    running = {executor.submit(grade, task): task for task in tasks}
+    waiting: list[tuple[float, GradeTask]] = []  # retries, not before a time (back-off)
+    problem_set = tasks[0].problem_set
+    bar = tqdm(total=len(tasks), desc=f"autograde {problem_set}", unit="submission",
+               disable=not options.progress, file=sys.stderr)
     try:
-        while queue or any(w.task for w in workers):
-            finished = []
-            for worker in workers:
-                result = _poll(worker, options, problem_set) if worker.task is not None else None
-                if result is not None:
-                    finished.append((worker.task, result))
-                    worker.task = None
-            hand_out()  # before merging, so the workers grade while the results are written
-            for task, result in finished:
-                if result["status"] == "infrastructure" and task.attempts <= options.retries:
-                    task.not_before = time.monotonic() + 2.0 * task.attempts  # back off, then retry
-                    ledger.log("retry", problem_set=problem_set, student=task.student,
-                               attempt=task.attempts, reason=result.get("reason", "")[:500])
-                    queue.append(task)
+        while running or waiting:
+            now = time.monotonic()
+            for item in [w for w in waiting if w[0] <= now]:
+                waiting.remove(item)
+                running[executor.submit(grade, item[1])] = item[1]
+            if not running:
+                time.sleep(max(0.0, min(w[0] for w in waiting) - now))
+                continue
+            for future in executor.wait_any(list(running), timeout=1.0):
+                task = running.pop(future)
+                try:
+                    result = executor.outcome(future)
+                except WorkerLost as exc:
+                    result = GradeResult(task.problem_set, task.student, "infrastructure", reason=str(exc),
+                                         source_version=task.source_version, sandboxed=task.sandbox)
+                except Exception as exc:  # the task could not even run (serialization, a lost connection)
+                    result = GradeResult(task.problem_set, task.student, "infrastructure",
+                                         reason=f"{type(exc).__name__}: {exc}"[:1000],
+                                         source_version=task.source_version, sandboxed=task.sandbox)
+                if result.status in ("infrastructure", "refused") and task.attempt <= options.retries:
+                    ledger.log("retry", problem_set=task.problem_set, student=task.student, attempt=task.attempt,
+                               status=result.status, reason=result.reason[:500])
+                    task.attempt += 1
+                    waiting.append((time.monotonic() + 2.0 * (task.attempt - 1), task))
                     continue
-                records[task.student] = _merge(course, ledger, result, task.attempts, options.force)
+                records[task.student] = merge(course, ledger, result, task.attempt, options.force)
                 bar.update(1)
                 bar.set_postfix_str(f"{task.student}: {records[task.student]['status']}")
-            if not finished:
-                time.sleep(_POLL_SECONDS)
     finally:
-        for worker in workers:  # stop them all first, then wait: they wind down in parallel
-            if worker.task is not None:
-                worker.kill()
-            else:
-                worker.stop()
-        for worker in workers:
-            worker.wait()
         bar.close()
     return records
-
-
-def consistency_problems(course: Course, problem_set: str, students: list[str]) -> list[str]:
-    """Every submission must have a ledger record, and graded/failed ones a full, matching set of grades."""
-    from nbgrader.api import Gradebook, MissingEntry
-
-    ledger = Ledger(ledger_path(course))
-    problems = []
-    with Gradebook(course.db_url) as gb:
-        for student in students:
-            record = ledger.get(problem_set, student)
-            if record is None:
-                problems.append(f"{student}: no ledger record (never graded)")
-                continue
-            if record["status"] not in ("graded", "failed"):
-                if not record.get("reason"):
-                    problems.append(f"{student}: status {record['status']} without a reason")
-                continue
-            try:
-                submission = gb.find_submission(problem_set, student)
-            except MissingEntry:
-                problems.append(f"{student}: ledger says {record['status']} but the gradebook has no submission")
-                continue
-            for nb in submission.notebooks:
-                for grade in nb.grades:
-                    key = f"{nb.name}/{grade.name}"
-                    expected = record["parts"].get(key, {}).get("auto_score")
-                    kind = record["parts"].get(key, {}).get("kind")
-                    if kind == "autograded" and grade.auto_score is None:
-                        problems.append(f"{student}: {key} has no autograde score")
-                    elif expected is not None and (grade.auto_score is None
-                                                   or abs(grade.auto_score - expected) > _TOLERANCE):
-                        problems.append(f"{student}: {key} is {grade.auto_score} in the gradebook, "
-                                        f"{expected} in the ledger")
-            if record["status"] == "graded" and not course.autograded_dir(problem_set, student).is_dir():
-                problems.append(f"{student}: graded but the autograded notebook is missing")
-    return problems

@@ -25,7 +25,7 @@ import numpy as np
 from ..reference.scopes import LAYOUTS
 
 __all__ = ["EDGE_LABELS", "random_shape", "random_input", "non_contiguous", "random_eps",
-           "random_affine", "edge_cases"]
+           "random_affine", "edge_cases", "describe", "array_arguments"]
 
 #: The leading words of the labels :func:`edge_cases` produces, one per kind of edge case.
 EDGE_LABELS = ("batch size 1", "constant input", "magnitude 1e4", "float32", "non-contiguous")
@@ -128,3 +128,18 @@ def edge_cases(rng: np.random.Generator, shape: tuple[int, ...], *, batch_one: b
     cases.append((f"non-contiguous input (axes stored in reverse order), shape {shape}",
                   non_contiguous(random_input(rng, shape, dtype))))
     return cases
+
+
+def describe(x: np.ndarray, eps: float | None = None, weight=None, bias=None) -> str:
+    """The words a case label uses for an input and its settings: ``"shape (2, 3), float32, eps=1e-05,
+    weight and bias"`` (``eps=None`` is written out; pass ``eps=...`` only where the function has one)."""
+    affine = " and ".join(n for n, p in (("weight", weight), ("bias", bias)) if p is not None) or "no affine"
+    eps_text = "eps=None" if eps is None else f"eps={eps:.3g}"
+    return f"shape {x.shape}, {x.dtype}, {eps_text}, {affine}"
+
+
+def array_arguments(args: tuple) -> tuple[int, ...]:
+    """Indices of the numpy arrays among positional ``args``: pass them as ``Case(inplace=...)`` to check
+    that a function leaves its inputs as it found them (the reference does, so any write shows up as
+    "argument 'input' ... after the call" with the first changed element)."""
+    return tuple(i for i, a in enumerate(args) if isinstance(a, np.ndarray))

@@ -1,11 +1,11 @@
-"""A kernel manager for grading without idle waits: ready when the kernel is, gone when it is killed.
+"""A kernel client for grading without idle waits: ready as soon as the kernel is.
 
 jupyter_client's defaults suit interactive use. Once a kernel answers ``kernel_info``, the client
-waits until IOPub has been quiet for 0.2 s; a killed kernel is polled every 0.1 s until it is gone.
-An autograde worker starts and kills one kernel per submission, so these waits add about 0.3 s per
-submission in which neither the worker nor the kernel uses a CPU. nbgrader's ``Execute`` (nbclient)
-takes its manager class from configuration (``Execute.kernel_manager_class``), and the worker sets
-this one:
+waits until IOPub has been quiet for 0.2 s. An autograde worker starts one kernel per submission, so
+the wait adds 0.2 s per submission in which neither the worker nor the kernel uses a CPU. nbgrader's
+``Execute`` (nbclient) takes its manager class from configuration (``Execute.kernel_manager_class``),
+and the worker sets this one, built on public jupyter_client API only (a subclass that overrides the
+public ``wait_for_ready``):
 
 - :class:`GradingKernelClient` sends ``kernel_info_request`` until the reply arrives on shell *and* that
   request's ``status: idle`` arrives on IOPub. The kernel publishes this idle after everything it
@@ -13,7 +13,6 @@ this one:
   lost to a late ZMQ subscription) and every start-up message is already in; what is still queued is
   drained without waiting. nbclient ignores IOPub messages of other requests anyway. The error
   messages are jupyter_client's, which the worker's infrastructure patterns match.
-- :class:`GradingKernelManager` polls a killed kernel every 10 ms instead of every 100 ms.
 """
 
 from __future__ import annotations
@@ -32,8 +31,6 @@ REPLY_SECONDS = 1.0
 #: How long it then waits for an idle status on IOPub before sending another request (a kernel
 #: publishes before the client's subscription has reached it, in which case the status is lost).
 IDLE_SECONDS = 0.1
-#: How often a killed kernel is checked for having exited.
-EXIT_POLL_SECONDS = 0.01
 
 
 async def _next_matching(channel, wanted, until: float):
@@ -63,7 +60,6 @@ class GradingKernelClient(AsyncKernelClient):
                                      min(time.monotonic() + REPLY_SECONDS, deadline))
         if reply is None:
             return False
-        self._handle_kernel_info_reply(reply)
         idle = await _next_matching(
             self.iopub_channel,
             lambda m: ours(m) and m["msg_type"] == "status" and m["content"].get("execution_state") == "idle",
@@ -75,7 +71,7 @@ class GradingKernelClient(AsyncKernelClient):
         deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
         sent: set = set()
         while not await self._kernel_info_answered(sent, deadline):
-            if not await self._async_is_alive():
+            if not await self.is_alive():
                 raise RuntimeError("Kernel died before replying to kernel_info")
             if time.monotonic() > deadline:
                 raise RuntimeError("Kernel didn't respond in %d seconds" % timeout)
@@ -87,14 +83,10 @@ class GradingKernelClient(AsyncKernelClient):
 
 
 class GradingKernelManager(AsyncKernelManager):
-    """An async kernel manager that hands out :class:`GradingKernelClient` and notices a kernel's
-    exit within 10 ms."""
+    """An async kernel manager that hands out :class:`GradingKernelClient`."""
 
     client_class = DottedObjectName("normcourse.grading.kernel_manager.GradingKernelClient")
     client_factory = Type(klass=GradingKernelClient, default_value=GradingKernelClient)
-
-    async def _async_wait(self, pollinterval: float = EXIT_POLL_SECONDS) -> None:
-        await super()._async_wait(pollinterval=min(pollinterval, EXIT_POLL_SECONDS))
 
 
 #: nbclient settings (``NotebookClient`` keywords, or nbgrader's ``Execute`` config) for grading runs:

@@ -25,7 +25,6 @@ import pkgutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -224,15 +223,16 @@ def _load_problem_modules() -> None:
 
 
 def _load_problem_set(problem_set: str) -> None:
-    """Import only ``problem_set``'s own module (plus the extra modules), so that a hidden-test cell of a
-    numpy-only set does not import torch through the modules of the torch-based sets (about 2 s per
-    graded kernel). A name without a module of its own loads every module."""
+    """Import only ``problem_set``'s own module (or the extra modules), so that a hidden-test cell of a
+    numpy-only set does not import torch through the modules of the torch-based sets (seconds per
+    graded kernel). A name found in neither loads every module."""
     name = f"{PROBLEMS_PACKAGE}.{problem_set}"
-    if not problem_set.isidentifier() or importlib.util.find_spec(name) is None:
-        _load_problem_modules()
+    if problem_set.isidentifier() and importlib.util.find_spec(name) is not None:
+        importlib.import_module(name)
         return
-    importlib.import_module(name)
     _load_extra_problem_modules()
+    if not any(ps == problem_set for ps, _ in _REGISTRY):
+        _load_problem_modules()
 
 
 def _load_extra_problem_modules() -> None:

@@ -14,12 +14,14 @@ was given (:func:`module_state`).
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Observed", "observe", "module_state"]
+__all__ = ["Observed", "observe", "module_state", "encode", "decode", "pack", "unpack", "Foreign",
+           "ImportGuard", "ForbiddenModule", "main"]
 
 
 @dataclass
@@ -105,3 +107,273 @@ def module_state(module) -> dict[str, np.ndarray]:
     for name, submodule in api["named_modules"](module):
         state[f"module {name or '(the model itself)'} .training"] = np.array(bool(submodule.training))
     return state
+
+
+# ------------------------------------------------------------------------------------------------
+# Results as data: nested tuples/lists/dicts of arrays, numbers and strings, encoded as .npz (arrays
+# plus a JSON description of the nesting). Never pickle: the grader loads learner output with
+# ``allow_pickle=False``, and anything else (a tensor, an ndarray subclass, a custom object) arrives
+# as a named stand-in that the comparison rejects.
+
+def encode(value, arrays: dict, depth: int = 0) -> dict:
+    """The JSON description of ``value``; its arrays are added to ``arrays``."""
+    if depth > 12:
+        return {"t": "foreign", "type": "deeply nested object"}
+    if value is None:
+        return {"t": "none"}
+    if isinstance(value, bool) or type(value) in (int, float, complex):
+        key = f"a{len(arrays)}"
+        arrays[key] = np.asarray(value)
+        return {"t": "array", "k": key, "py": True}
+    if isinstance(value, np.generic) and type(value).__module__ == "numpy":
+        key = f"a{len(arrays)}"
+        arrays[key] = np.asarray(value)
+        return {"t": "array", "k": key, "scalar": True}
+    if type(value) is np.ndarray:  # exactly: a subclass may redefine ==, -, abs
+        if value.dtype.hasobject:
+            return {"t": "foreign", "type": "numpy array of Python objects"}
+        key = f"a{len(arrays)}"
+        arrays[key] = value
+        return {"t": "array", "k": key}
+    if type(value) in (tuple, list):
+        return {"t": type(value).__name__, "items": [encode(v, arrays, depth + 1) for v in value]}
+    if type(value) is dict and all(type(k) is str for k in value):
+        return {"t": "dict", "items": [[k, encode(v, arrays, depth + 1)] for k, v in value.items()]}
+    if type(value) is str:
+        return {"t": "str", "v": value[:10000]}
+    kind = type(value)
+    return {"t": "foreign", "type": f"{getattr(kind, '__module__', '?')}.{getattr(kind, '__qualname__', '?')}"}
+
+
+class Foreign:
+    """Stands in for a value the learner process could not ship (a tensor, a subclass, an object)."""
+
+    def __init__(self, type_name: str):
+        self.type_name = type_name
+
+    def __repr__(self):
+        return f"<{self.type_name}>"
+
+
+def decode(node: dict, arrays):
+    kind = node["t"]
+    if kind == "none":
+        return None
+    if kind == "array":
+        value = arrays[node["k"]]
+        return value[()].item() if node.get("py") else (value[()] if node.get("scalar") else value)
+    if kind in ("tuple", "list"):
+        items = [decode(x, arrays) for x in node["items"]]
+        return tuple(items) if kind == "tuple" else items
+    if kind == "dict":
+        return {k: decode(v, arrays) for k, v in node["items"]}
+    if kind == "str":
+        return node["v"]
+    return Foreign(node.get("type", "object"))
+
+
+def pack(head: dict, arrays: dict) -> bytes:
+    """One message: ``head`` (JSON) and ``arrays``, as the bytes of an .npz file."""
+    import io
+    import json
+    buffer = io.BytesIO()
+    np.savez(buffer, __json__=np.frombuffer(json.dumps(head).encode(), dtype=np.uint8), **arrays)
+    return buffer.getvalue()
+
+
+def unpack(data: bytes) -> tuple[dict, dict]:
+    """(head, arrays) of a :func:`pack` message, loaded without pickle."""
+    import io
+    import json
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        head = json.loads(bytes(npz["__json__"]).decode())
+        return head, {k: npz[k] for k in npz.files if k != "__json__"}
+
+
+# ------------------------------------------------------------------------------------------------
+# The learner process of the re-check: ``main(commands_fd, results_fd)``, forked by the zygote.
+#
+#   grader -> child (pickle; the child trusts the grader, never the reverse):
+#       {"program": [cell source, ...], "cell_timeout": s, "hidden": {module: message},
+#        "provided": [module, ...]}, then one {"call": {...}} per case, then EOF.
+#   child -> grader (pack()):
+#       {"kind": "ready", "cell_errors": [...], "forbidden": [...]} after the program ran, then one
+#       {"kind": "result", "key": ..., "value": ...} or {"kind": "result", "key": ..., "error": ...}
+#       per call, each with the forbidden imports it tried.
+
+_FRAME = 4
+
+
+def _read_frame(stream):
+    head = stream.read(_FRAME)
+    if len(head) < _FRAME:
+        return None
+    size = int.from_bytes(head, "big")
+    return stream.read(size)
+
+
+def write_frame(stream, data: bytes) -> None:
+    stream.write(len(data).to_bytes(_FRAME, "big") + data)
+    stream.flush()
+
+
+class ImportGuard:
+    """A meta-path finder that refuses the modules a part may not use, and remembers each attempt.
+
+    Inside the sandbox the forbidden modules' files are not there at all; this guard only turns the
+    failure into a message that names the rule. Outside the sandbox it is the enforcement (then a
+    determined learner could remove it; the sandbox is what the grader relies on).
+    """
+
+    def __init__(self, hidden: dict, provided):
+        self.hidden, self.provided = dict(hidden), set(provided)
+        self.parents = {p.rsplit(".", i)[0] for p in self.provided for i in range(p.count(".") + 1)}
+        self.attempts: list = []
+        self.phase = "program"
+
+    def rule_for(self, name: str):
+        if name in self.provided or name in self.parents:
+            return None
+        if any(name.startswith(p + ".") for p in self.provided):
+            return None
+        for prefix, message in self.hidden.items():
+            if name == prefix or name.startswith(prefix + "."):
+                return message
+        return None
+
+    def find_spec(self, name, path=None, target=None):
+        message = self.rule_for(name)
+        if message is None:
+            return None
+        self.attempts.append({"phase": self.phase, "module": name, "message": message})
+        raise ForbiddenModule(message.replace("{module}", name))
+
+    def install(self) -> None:
+        for name in list(sys.modules):
+            if self.rule_for(name) is not None:  # nothing forbidden may stay reachable from a cache
+                del sys.modules[name]
+        sys.meta_path.insert(0, self)
+
+    def take(self) -> list:
+        taken, self.attempts = self.attempts, []
+        return taken
+
+
+class ForbiddenModule(ImportError):
+    """Raised when learner code imports a module its part may not use (the message names the rule)."""
+
+
+class _NoShell:
+    """``get_ipython()`` for translated magics: every magic is a no-op outside a kernel."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+class _TimeLimit(BaseException):
+    pass
+
+
+def _run_program(program, namespace, limit: int, guard: ImportGuard) -> list:
+    """Run each cell statement by statement (a failing statement is recorded and skipped, so a
+    forbidden ``import torch`` at the top of a cell costs only what uses it)."""
+    import ast
+    import signal
+
+    errors = []
+    for index, source in enumerate(program):
+        guard.phase = f"cell {index}"
+        try:
+            statements = ast.parse(source, filename=f"<cell {index}>").body
+        except SyntaxError as exc:
+            errors.append(f"cell {index}: SyntaxError: {exc}"[:500])
+            continue
+        signal.alarm(limit)
+        try:
+            for statement in statements:
+                try:
+                    code = compile(ast.Module([statement], type_ignores=[]), f"<cell {index}>", "exec")
+                    exec(code, namespace)
+                except _TimeLimit:
+                    raise
+                except BaseException as exc:  # SystemExit, KeyboardInterrupt, errors: the kernel would go on
+                    errors.append(f"cell {index}, line {statement.lineno}: {type(exc).__name__}: {exc}"[:500])
+        except _TimeLimit:
+            errors.append(f"cell {index}: time limit of {limit} s")
+        finally:
+            signal.alarm(0)
+    return errors
+
+
+def _refuse_exit(code=0):
+    """``os._exit`` for learner code: in a kernel it would end the kernel; here it ends only the statement."""
+    raise SystemExit(f"os._exit({code}) was called")
+
+
+def main(commands_fd: int, results_fd: int) -> int:
+    """Run the learner's program, then answer the grader's calls; see the protocol above."""
+    import pickle
+    import signal
+
+    exit_now = os._exit
+    os._exit = _refuse_exit  # so a program that exits at the top still has its functions checked
+    commands = os.fdopen(commands_fd, "rb")
+    results = os.fdopen(results_fd, "wb")
+    job = pickle.loads(_read_frame(commands))
+    guard = ImportGuard(job.get("hidden", {}), job.get("provided", ()))
+    guard.install()
+    capture_torch_api()
+    limit = max(1, int(job.get("cell_timeout", 30)))
+
+    def alarm(signum, frame):
+        raise _TimeLimit()
+    signal.signal(signal.SIGALRM, alarm)
+    sys.path.insert(0, os.getcwd())  # as in a kernel: the notebook's folder is importable
+    namespace = {"__name__": "__main__", "get_ipython": lambda: _NoShell()}
+    cell_errors = _run_program(job["program"], namespace, limit, guard)
+    write_frame(results, pack({"kind": "ready", "cell_errors": cell_errors, "forbidden": guard.take()}, {}))
+    while True:
+        frame = _read_frame(commands)
+        if frame is None:
+            break
+        try:
+            call = pickle.loads(frame)["call"]
+        except BaseException as exc:  # a case the course built from modules this process does not have
+            key = "?"
+            write_frame(results, pack({"kind": "result", "key": key, "forbidden": guard.take(),
+                                       "error": f"the grader's case could not be loaded in the learner process "
+                                                f"({type(exc).__name__}: {exc}); this is a problem of the course, "
+                                                f"not of your code: tell your instructor"}, {}))
+            continue
+        guard.phase = call["key"]
+        fn = namespace.get(call["function"])
+        arrays: dict = {}
+        head = {"kind": "result", "key": call["key"]}
+        signal.alarm(limit)
+        try:
+            if fn is None:
+                head["error"] = f"{call['function']} is not defined (did its cell run without errors?)"
+            elif not callable(fn):
+                head["error"] = f"{call['function']} is not a function (got {type(fn).__name__})"
+            else:
+                seen = observe(fn, call["args"], call["kwargs"], inplace=call["inplace"],
+                               state_of=call["state_of"], repeat=call["repeat"])
+                head["value"] = encode({"results": seen.results,
+                                        "states": {str(k): v for k, v in seen.states.items()}}, arrays)
+        except _TimeLimit:
+            head["error"] = f"{call['function']} did not return within {limit} s"
+        except NotImplementedError:
+            head["error"] = f"{call['function']} is not implemented yet (it raised NotImplementedError)"
+        except BaseException as exc:
+            head["error"] = f"{call['function']} raised {type(exc).__name__}: {exc}"[:1000]
+        finally:
+            signal.alarm(0)
+        head["forbidden"] = guard.take()
+        try:
+            data = pack(head, arrays)
+        except BaseException as exc:
+            data = pack({"kind": "result", "key": call["key"], "forbidden": head["forbidden"],
+                         "error": f"the result could not be sent ({type(exc).__name__})"}, {})
+        write_frame(results, data)
+    results.close()
+    exit_now(0)  # skip learner-registered atexit handlers

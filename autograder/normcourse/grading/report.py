@@ -1,10 +1,10 @@
 """A one-page grading report: score histogram, per-part pass rates, flagged submissions.
 
-Read from the ledger (which mirrors the gradebook; :func:`normcourse.grading.autograde.consistency_problems`
-checks that), drawn with the course's figure style, written as ``report.html`` with two PNGs next to
-it in ``grading/reports/<PS>/``. "Flagged" means: not graded (failed, conflict, infrastructure), any
-review flag (suspicious code, tampering), or a part whose in-kernel test passed but whose out-of-kernel
-re-check failed.
+Read from the ledger (which mirrors the gradebook; :func:`normcourse.grading.ledger.consistency_problems`
+checks that), written as ``report.html`` with two PNGs next to it in ``grading/reports/<PS>/``.
+"Flagged" means: not graded (failed, conflict, infrastructure, refused), graded without the sandbox,
+any review flag (suspicious code, a broken forbidden-shortcut rule, truncated output, a kernel that
+died), or a part whose in-kernel test passed but whose out-of-kernel re-check failed.
 """
 
 from __future__ import annotations
@@ -12,7 +12,13 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from .result import GradeResult
+
 __all__ = ["part_pass_rates", "flagged", "write_report"]
+
+
+def _result(record: dict) -> GradeResult:
+    return GradeResult.from_json(record["result"])
 
 
 def part_pass_rates(records: dict[str, dict]) -> dict[str, float]:
@@ -21,23 +27,23 @@ def part_pass_rates(records: dict[str, dict]) -> dict[str, float]:
     for record in records.values():
         if record["status"] not in ("graded", "failed"):
             continue
-        for key, part in record["parts"].items():
-            if part.get("kind") != "autograded":
-                continue
-            full = part["auto_score"] is not None and part["auto_score"] >= part["max_score"] - 1e-9
-            totals.setdefault(key.split("/", 1)[1], []).append(int(full))
+        for part in _result(record).parts:
+            if part.kind == "autograded":
+                full = part.score is not None and part.score >= part.max_score - 1e-9
+                totals.setdefault(part.grade_id, []).append(int(full))
     return {k: sum(v) / len(v) for k, v in totals.items()}
 
 
 def flagged(records: dict[str, dict]) -> dict[str, list[str]]:
     out = {}
     for student, record in sorted(records.items()):
+        result = _result(record)
         reasons = []
         if record["status"] != "graded":
             reasons.append(f"{record['status']}: {record.get('reason', '')}")
-        reasons += record.get("flags", [])
-        reasons += [f"{key}: {p['reason']}" for key, p in record["parts"].items()
-                    if p.get("reason") and p.get("in_kernel_score")]
+        reasons += result.review_flags
+        reasons += [f"{p.notebook}/{p.grade_id}: {p.reason}" for p in result.parts
+                    if p.reason and p.in_kernel and p.recheck is False]
         if reasons:
             out[student] = reasons
     return out
@@ -52,18 +58,18 @@ def write_report(course, problem_set: str, out_dir: Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .autograde import ledger_path
     from .ledger import Ledger
 
-    records = Ledger(ledger_path(course)).of(problem_set)
+    records = Ledger(course).of(problem_set)
     out_dir = Path(out_dir or course.grading_dir / "reports" / problem_set)
     out_dir.mkdir(parents=True, exist_ok=True)
     matplotlib.rcParams.update(_REPORT_STYLE)
-    graded = {s: r for s, r in records.items() if r["status"] in ("graded", "failed")}
-    max_score = max([r["max_score"] for r in graded.values()] + [1.0])
+    graded = {s: _result(r) for s, r in records.items() if r["status"] in ("graded", "failed")}
+    max_score = max([r.max_score for r in graded.values()] + [1.0])
+    unsandboxed = sum(not _result(r).sandboxed for r in records.values())
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    scores = [r["score"] for r in graded.values()]
+    scores = [r.score for r in graded.values()]
     ax.hist(scores, bins=min(20, max(5, int(max_score) + 1)), range=(0, max_score), color="#4C72B0")
     ax.set_xlabel(f"autograded score (out of {max_score:g})")
     ax.set_ylabel("submissions")
@@ -94,8 +100,10 @@ def write_report(course, problem_set: str, out_dir: Path | None = None) -> Path:
 padding:.3em .6em;text-align:left;vertical-align:top}}table{{border-collapse:collapse}}</style></head><body>
 <h1>Grading report: {html.escape(problem_set)}</h1>
 <p>{len(records)} submissions: {len(graded)} graded or failed, {len(records) - len(graded)} not graded
-(conflict or infrastructure). Mean autograded score
-{(sum(scores) / len(scores)) if scores else 0:.2f} / {max_score:g}.</p>
+(conflict, infrastructure or refused). Mean autograded score
+{(sum(scores) / len(scores)) if scores else 0:.2f} / {max_score:g}.
+{f"<strong>{unsandboxed} submission(s) were graded WITHOUT the sandbox.</strong>" if unsandboxed else
+ "Every submission was graded in the sandbox."}</p>
 <h2>Score histogram</h2><img src="histogram.png" alt="histogram of autograded scores">
 <h2>Pass rate per part</h2><img src="pass_rates.png" alt="pass rate per autograded part">
 <table><tr><th>part</th><th>full points</th></tr>{rate_rows}</table>

@@ -5,14 +5,15 @@ Each :class:`~normcourse.grading.parts.Part` lists the :class:`Rule` objects it 
 modules it takes away and says why, in words a learner can act on.
 
 How the rules are enforced (see :mod:`normcourse.grading.recheck`): the out-of-kernel re-check calls
-the learner's functions in a process where the forbidden modules *do not exist*. Inside the sandbox
-their files are not mounted at all; in their place stands a stub whose every use raises
-:class:`ForbiddenModule` with the rule's message, so ``import torch`` at the top of a notebook still
-succeeds and only the forbidden *use* fails, inside the part that broke the rule. Parts of one
-problem set with different rules are re-checked in separate processes (one per rule set), so a part
-that may use torch does not lend it to a part that may not. Outside the sandbox (the learner's own
-``normcourse check``, or ``--no-sandbox``) the same stubs are installed by an import hook: the verdicts
-are the same for honest code, but a determined learner could get around them there.
+the learner's functions in a process where the forbidden modules *do not exist*: inside the sandbox
+their files are not mounted (the course package) or are covered by an empty folder (torch), and an
+import hook turns the attempt into an ``ImportError`` whose message names the rule. The learner's
+program runs statement by statement there, so a forbidden ``import torch`` at the top of a cell
+costs only what uses it, and a part that fails after such an attempt says which rule was broken.
+Parts of one problem set with different rules are re-checked in separate processes (one per rule
+set), so a part that may use torch does not lend it to a part that may not. Outside the sandbox (the
+learner's own ``normcourse check``, or ``--no-sandbox``) only the import hook stands guard: the
+verdicts are the same for honest code, but a determined learner could get around it there.
 
 Some of the course's own modules are handed to the learner by the notebook itself (ps05's model
 builders, ps06's ``TinyTransformer``): a problem set lists them with
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Rule", "ForbiddenModule", "NO_TORCH", "NO_COURSE_CODE", "RULES"]
+__all__ = ["Rule", "NO_TORCH", "NO_COURSE_CODE", "RULES"]
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,9 @@ class Rule:
     modules: tuple[str, ...]
     why: str
 
-    def message(self, module: str) -> str:
-        return f"{module} is not available here (rule {self.name}): {self.why}"
-
-
-class ForbiddenModule(ImportError):
-    """Raised by the stand-in of a forbidden module when learner code uses it."""
+    def message(self, module: str = "{module}") -> str:
+        """The learner-facing message for an attempt to import ``module``."""
+        return f"{module} is not available to your code here (rule {self.name}): {self.why}"
 
 
 NO_TORCH = Rule("no-torch", ("torch", "functorch"),

@@ -1,485 +1,231 @@
-"""Out-of-kernel re-check: learner functions run in a separate, limited process; the grader compares.
+"""The sandbox every process that runs learner code lives in: bubblewrap (``bwrap``), configured here.
 
-A hidden-test cell runs in the learner's kernel, after the learner's own code, so learner code can
-reach everything the test uses (``numpy.allclose``, the reference, ``check_part`` itself). The re-check
-removes that reach for every :class:`~normcourse.grading.parts.Part` of the problem set:
+What a sandboxed process sees (:func:`bwrap_argv`):
 
-1. the grader extracts the learner's program: every code cell of the notebook except autograded test
-   cells, in order (IPython magics become calls on a no-op stub);
-2. the grader generates each Part's seeded cases *in its own process*;
-3. a child process (forked by multiprocessing's fork server, which has numpy and the course package
-   preloaded, so nothing of the grader's state is inherited) applies
-   :class:`~normcourse.grading.limits.Limits`, runs the program (a failing cell is recorded and skipped,
-   as in the kernel), calls the learner's function on fresh copies of each case's inputs and writes the
-   results as ``.npz`` files (arrays plus a JSON description of their nesting; no pickle);
-4. the grader loads them with ``allow_pickle=False`` (learner data never reaches ``pickle.load``) and
-   judges them with :meth:`Part.judge`, i.e. :mod:`normcourse.grading.compare`, in its own process.
+- the system (``/usr``, ``/bin``, ``/lib*``, ``/etc``), the Python installation and the virtual
+  environment, **read-only**; and, read-only, the course package (the grading kernel's hidden-test
+  cells import it) or, for the out-of-kernel re-check, only the course modules a problem set hands to
+  the learner (:mod:`normcourse.grading.rules`);
+- one folder of the worker's bound at its own path: ``inbox/`` (read-only: the submission's data
+  files) and ``ipc/`` (the kernel's ZeroMQ sockets, since the network is gone);
+- private, size-capped tmpfs for ``/box`` (working folder and home), ``/tmp`` and ``/dev/shm``;
+- a fresh ``/proc`` (its own PID namespace: it sees only its own processes, and everything in it dies
+  with the sandbox) and a minimal ``/dev``;
+- no network (its own network namespace with nothing but a loopback), no IPC or UTS sharing.
 
-The child also snapshots the comparison machinery (``numpy.allclose``, ``numpy.testing``'s
-assertions, ``math.isclose``, the course's compare/parts/reference functions, a few builtins) before
-the learner's program runs and reports every name that was rebound: a submission that patches the
-tools its tests rely on is *tampering*. The child runs with ``NBGRADER_EXECUTION=autograde``, as the
-grading kernel does, so code that branches on it behaves here exactly as it did when graded.
+Not mounted at all: the course folder (source notebooks with solutions and hidden tests, the
+gradebook, the ledger, other submissions, the grading work area), the worker's control sockets and
+result files, and every home folder.
+
+Who it runs as: started by root, bubblewrap sets the sandbox up with root's rights, then
+``setpriv`` drops to a user id of the sandbox's own (allocated per worker on this machine, so
+``RLIMIT_NPROC`` counts the sandbox's processes only), with no capabilities, an empty bounding set
+and ``no_new_privs``. Started by anyone else, bubblewrap uses an unprivileged user namespace and the
+process keeps the caller's user id outside (inside it is ``nobody``). :func:`availability` says
+whether either works here; the grader refuses to run learner code without a sandbox unless told
+``--no-sandbox``.
 
 Example::
 
-    results = recheck_notebook(nbformat.read("ps01_scopes.ipynb", 4), "ps01_scopes")
-    for grade_id, r in results.parts.items():
-        print(grade_id, r.passed, r.message)
-    results.tampering          # e.g. ["numpy.allclose"]
+    ok, why = availability()
+    argv = bwrap_argv(SandboxSpec(uid=allocate_uid().uid, shared=[ipc], read_only_shared=[inbox]),
+                      [sys.executable, "-c", "print(1)"])
 """
 
 from __future__ import annotations
 
-import json
+import fcntl
+import functools
 import os
-import pickle
-import re
 import shutil
+import subprocess
 import sys
+import sysconfig
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+__all__ = ["SandboxSpec", "SandboxUnavailable", "bwrap_argv", "availability", "allocate_uid", "UidLease",
+           "SANDBOX_TOOLS_DIR", "python_paths"]
 
-from .limits import Limits
-from .recheck_child import Observed, observe
-
-__all__ = ["PartOutcome", "Recheck", "learner_program", "recheck_notebook", "WATCHED"]
-
-#: Names whose rebinding by learner code counts as tampering with the comparison machinery.
-WATCHED = {
-    "numpy": ["allclose", "isclose", "array_equal", "array_equiv", "isfinite", "isnan", "abs", "max",
-              "all", "any", "asarray", "ndarray"],
-    "numpy.testing": ["assert_allclose", "assert_array_equal", "assert_array_almost_equal",
-                      "assert_almost_equal", "assert_equal", "assert_array_less"],
-    "math": ["isclose", "isfinite", "isnan"],
-    "builtins": ["abs", "all", "any", "isinstance", "float", "len", "max", "min", "AssertionError",
-                 "Exception"],
-    "normcourse.grading.compare": ["*"],
-    "normcourse.grading.parts": ["*"],
-    "normcourse.grading.parts.Part": ["call", "check", "judge", "expected", "make_cases"],
-    "normcourse.reference": ["*"],
-    "torch": ["allclose", "isclose", "equal"],
-    "torch.testing": ["assert_close"],
-}
-
-_RESULT_LIMIT_BYTES = 256 << 20
-
-#: An import of torch in a cell (a mere mention, as in "do not use torch", does not count).
-IMPORTS_TORCH = re.compile(r"^[ \t]*(import[ \t]+torch|from[ \t]+torch[ \t.])", re.MULTILINE)
+#: Where the two standalone grading scripts (the zygote and the re-check child) are bound inside
+#: every sandbox, so they run even where the course package itself is not mounted.
+SANDBOX_TOOLS_DIR = "/opt/normcourse-sandbox"
+#: System folders bound read-only (those that exist on this machine).
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+#: Sandbox user ids when the grader is root: one per concurrently running sandbox host on the machine.
+UID_BASE, UID_COUNT = 61000, 1000
 
 
-@dataclass
-class PartOutcome:
-    """The re-check's verdict on one Part."""
-
-    grade_id: str
-    passed: bool
-    message: str
-    cases: int = 0
+class SandboxUnavailable(RuntimeError):
+    """The sandbox cannot start here; the message says why and what to do."""
 
 
-@dataclass
-class Recheck:
-    """Everything one re-check found."""
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What one sandbox sees beyond the read-only system and Python.
 
-    parts: dict[str, PartOutcome] = field(default_factory=dict)
-    tampering: list[str] = field(default_factory=list)
-    cell_errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def to_json(self) -> dict:
-        return {"parts": {k: vars(v) for k, v in self.parts.items()}, "tampering": self.tampering,
-                "cell_errors": self.cell_errors, "seconds": round(self.seconds, 3)}
-
-
-def learner_program(nb) -> list[str]:
-    """Python source of every code cell except autograded tests, magics translated, in notebook order."""
-    from IPython.core.inputtransformer2 import TransformerManager
-    from nbgrader import utils
-
-    transform = TransformerManager().transform_cell
-    program = []
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        if utils.is_grade(cell) and not utils.is_solution(cell):
-            continue  # a test cell: the re-check replaces it
-        try:
-            program.append(transform(cell.source))
-        except Exception:  # untranslatable input runs as-is and fails like it did in the kernel
-            program.append(cell.source)
-    return program
-
-
-# ------------------------------------------------------------------------------------------------
-# Grader side.
-
-def _decode(node, arrays):
-    kind = node["t"]
-    if kind == "none":
-        return None
-    if kind == "array":
-        value = arrays[node["k"]]
-        return value[()].item() if node.get("py") else (value[()] if node.get("scalar") else value)
-    if kind in ("tuple", "list"):
-        items = [_decode(x, arrays) for x in node["items"]]
-        return tuple(items) if kind == "tuple" else items
-    if kind == "dict":
-        return {k: _decode(v, arrays) for k, v in node["items"]}
-    if kind == "str":
-        return node["v"]
-    return _Foreign(node.get("type", "object"))
-
-
-class _Foreign:
-    """Stands in for a value the child could not ship (a torch tensor, a custom object)."""
-
-    def __init__(self, type_name: str):
-        self.type_name = type_name
-
-    def __repr__(self):
-        return f"<{self.type_name}>"
-
-
-def _load_result(path: Path):
-    if path.stat().st_size > _RESULT_LIMIT_BYTES:
-        return {"error": "the result is larger than the grader accepts"}
-    with np.load(path, allow_pickle=False) as data:
-        head = json.loads(bytes(data["__json__"]).decode())
-        if "error" in head:
-            return head
-        arrays = {k: data[k] for k in data.files if k != "__json__"}
-        return {"value": _decode(head["value"], arrays)}
-
-
-def _judge(part, case, outcome) -> str | None:
-    """None if the learner's result for ``case`` matches, else the learner-facing reason."""
-    from .compare import GradingError
-
-    if outcome is None:
-        return None  # handled by the caller (no result at all)
-    if "error" in outcome:
-        return outcome["error"]
-    value = outcome["value"]
-    actual = Observed(list(value["results"]), {int(k): v for k, v in value["states"].items()})
-
-    def foreign(value):
-        return isinstance(value, _Foreign) or (isinstance(value, (tuple, list)) and any(map(foreign, value)))
-    if foreign(actual.results):
-        return (f"{part.function}(...) for case {case.label!r}: returned {actual!r}; return numpy arrays "
-                f"(convert tensors with .numpy())")
-    try:
-        part.judge(actual, case)
-    except GradingError as exc:
-        return str(exc)
-    except Exception as exc:  # a malformed result that the comparison cannot even read
-        return f"{part.function}(...) for case {case.label!r}: unexpected result ({type(exc).__name__}: {exc})"
-    return None
-
-
-def recheck_notebook(nb, problem_set: str, *, workdir: str | os.PathLike | None = None,
-                     timeout: float = 120.0, call_timeout: float = 30.0, limits: Limits = Limits(),
-                     grade_ids: list[str] | None = None) -> Recheck:
-    """Re-check every Part of ``problem_set`` against the learner code in ``nb`` out of kernel.
-
-    Args:
-        nb: the notebook (nbformat node): a submission, or nbgrader's autograded copy of it.
-        problem_set: the registry key, e.g. ``"ps01_scopes"``.
-        workdir: folder whose non-notebook files are copied next to the child (data files).
-        timeout: wall-clock limit for the whole child in seconds; parts without a result fail.
-        call_timeout: per cell and per call limit inside the child (SIGALRM).
-        limits: memory/CPU/file caps applied inside the child.
-        grade_ids: restrict to these parts (default: all Parts of the problem set).
+    Attributes:
+        uid: the user id to run as when the grader is root (see :func:`allocate_uid`); ignored otherwise.
+        shared: host folders bound writable at their own path (the kernel's socket folder).
+        read_only_shared: host folders bound read-only at their own path (the submission's files).
+        course_package: the course package folder, bound read-only (None: not mounted).
+        course_files: individual course files bound read-only at their own path, for a re-check that
+            may import only the modules its problem set provides (their folders are created empty).
+        hidden: host folders covered by an empty tmpfs (torch, for a numpy-only part).
+        scratch_mb: size of each private tmpfs (``/box``, ``/tmp``, ``/dev/shm``).
+        cache_dirs: more private tmpfs folders of that size (a font cache that outlives submissions).
+        env: the process's whole environment (nothing of the grader's is inherited).
     """
-    from .parts import parts_of
 
-    started = time.monotonic()
-    parts = [p for p in parts_of(problem_set) if grade_ids is None or p.grade_id in grade_ids]
-    result = Recheck()
-    program = learner_program(nb)
-    calls, cases_of = [], {}
-    for part in parts:
-        cases = part.make_cases()
-        cases_of[part.grade_id] = cases
-        for index, case in enumerate(cases):
-            calls.append({"key": f"{part.grade_id}:{index}", "function": part.function, "args": case.args,
-                          "kwargs": case.kwargs, "inplace": tuple(case.inplace),
-                          "state_of": tuple(case.state_of), "repeat": case.repeat})
-
-    with tempfile.TemporaryDirectory(prefix="normcourse-sandbox-") as tmp:
-        tmp = Path(tmp)
-        run_dir = tmp / "cwd"
-        run_dir.mkdir()
-        if workdir is not None:
-            for item in Path(workdir).iterdir():
-                if item.is_file() and item.suffix != ".ipynb" and item.stat().st_size < (16 << 20):
-                    shutil.copy2(item, run_dir / item.name)
-        out_dir = tmp / "out"
-        out_dir.mkdir()
-        job = tmp / "job.pickle"
-        uses_torch = any(IMPORTS_TORCH.search(src) for src in program)
-        with open(job, "wb") as f:  # grader -> child only: the child trusts the grader, never the reverse
-            pickle.dump({"program": program, "calls": calls, "call_timeout": call_timeout, "limits": limits,
-                         "watched": WATCHED, "preimport_torch": uses_torch}, f)
-        stderr_path = tmp / "stderr.txt"
-        process = _forkserver().Process(target=_forked_child, args=(str(job), str(out_dir), str(run_dir),
-                                                                    str(stderr_path)), daemon=True)
-        process.start()
-        process.join(timeout)
-        if process.is_alive():
-            _kill_session(process.pid)
-            process.join()
-            ended = f"killed after the re-check time limit of {timeout:g} s"
-        else:
-            ended = f"exit code {process.exitcode}"
-        stderr_tail = stderr_path.read_bytes()[-2000:].decode(errors="replace") if stderr_path.exists() else ""
-        meta_path = out_dir / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        result.tampering = list(meta.get("tampering", []))
-        result.cell_errors = list(meta.get("cell_errors", []))
-
-        for part in parts:
-            cases = cases_of[part.grade_id]
-            reason = None
-            for index, case in enumerate(cases):
-                path = out_dir / f"{part.grade_id}:{index}.npz"
-                if not path.exists():
-                    reason = (f"{part.function}(...) for case {case.label!r}: no result; the learner process "
-                              f"ended early ({ended})" + (f": {stderr_tail.strip().splitlines()[-1]}"
-                                                          if stderr_tail.strip() else ""))
-                    break
-                try:
-                    outcome = _load_result(path)
-                except Exception as exc:
-                    outcome = {"error": f"unreadable result ({type(exc).__name__})"}
-                reason = _judge(part, case, outcome)
-                if reason:
-                    break
-            result.parts[part.grade_id] = PartOutcome(part.grade_id, reason is None,
-                                                      reason or f"{len(cases)} cases match the reference",
-                                                      len(cases))
-    result.seconds = time.monotonic() - started
-    return result
+    uid: int = 65534
+    shared: tuple[Path, ...] = ()
+    read_only_shared: tuple[Path, ...] = ()
+    course_package: Path | None = None
+    course_files: tuple[Path, ...] = ()
+    hidden: tuple[Path, ...] = ()
+    scratch_mb: int = 512
+    cache_dirs: tuple[str, ...] = ()
+    env: dict = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------------------
-# Child side (runs learner code; imports kept minimal and bound before learner code runs).
-
-#: Imported once by the fork server, so that each re-check child starts warm without inheriting
-#: anything from the grader's own process.
-_PRELOAD = ["numpy", "numpy.testing", "normcourse.reference", "normcourse.grading.compare",
-            "normcourse.grading.parts", "normcourse.grading.sandbox"]
-#: Added for problem sets whose notebooks use torch (about 1.5 s once, instead of in every child whose
-#: program mentions torch); normcourse.reference's torch modules are lazy, so they are named too.
-_TORCH_PRELOAD = ["torch", "normcourse.lab.measurements", "normcourse.lab.placements"]
-_CONTEXT = None
-
-
-def _forkserver(torch: bool = True):
-    """multiprocessing's fork server: a clean single-threaded process that forks the re-check children.
-    The first call decides whether it preloads torch (a grading worker knows its problem set; a
-    self-check does not, and keeps torch)."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        import multiprocessing
-        _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(_PRELOAD + (_TORCH_PRELOAD if torch else []))
-    return _CONTEXT
+def python_paths() -> list[str]:
+    """The folders the interpreter needs: its installation and the virtual environment (if any),
+    plus site-packages folders outside both."""
+    paths = {sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        paths.add(sysconfig.get_paths()[key])
+    # keep only outermost folders
+    ordered = sorted(os.path.realpath(p) for p in paths if os.path.exists(p))
+    outer: list[str] = []
+    for p in ordered:
+        if not any(p == o or p.startswith(o + os.sep) for o in outer):
+            outer.append(p)
+    prefix_links = [sys.prefix] if os.path.realpath(sys.prefix) != sys.prefix else []
+    return outer + prefix_links
 
 
-def _kill_session(pid: int) -> None:
-    import signal
-    try:
-        os.killpg(pid, signal.SIGKILL)  # the child leads its own session: take anything it started too
-    except ProcessLookupError:
-        pass
+def _ancestors(path: str) -> list[str]:
+    parts = Path(path).parts
+    return [str(Path(*parts[:i])) for i in range(2, len(parts))]
 
 
-def _forked_child(job_path: str, out_dir: str, run_dir: str, stderr_path: str) -> None:
-    """Entry point in the forked child: own session, own folder, quiet streams, grading environment."""
-    os.setsid()
-    os.chdir(run_dir)
-    os.environ.update(NBGRADER_EXECUTION="autograde", MPLBACKEND="Agg")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
-    os.dup2(err, 2)
-    try:
-        _child(job_path, out_dir)
-    finally:
-        os._exit(0)  # skip learner-registered atexit handlers and multiprocessing's own clean-up
+def bwrap_argv(spec: SandboxSpec, command: list[str]) -> list[str]:
+    """The ``bwrap`` command line that runs ``command`` in a sandbox described by ``spec``."""
+    root = os.geteuid() == 0
+    argv = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session",
+            "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--hostname", "sandbox"]
+    if root:  # privileged set-up, then setpriv drops to the sandbox's own user (below)
+        argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        argv += ["--unshare-user", "--disable-userns", "--uid", "65534", "--gid", "65534"]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    size = str(spec.scratch_mb << 20)
+    made: set[str] = {"/", "/dev", "/proc"}
+    for target in ("/box", "/tmp", "/dev/shm", *spec.cache_dirs):
+        for folder in _ancestors(target):
+            if folder not in made:
+                argv.extend(["--perms", "0755", "--dir", folder])
+                made.add(folder)
+        argv += ["--perms", "01777", "--size", size, "--tmpfs", target]
+        made.add(target)
 
-def _encode(value, arrays, depth=0):
-    if depth > 10:
-        return {"t": "foreign", "type": "deeply nested object"}
-    if value is None:
-        return {"t": "none"}
-    if isinstance(value, (bool, int, float, complex)) and not isinstance(value, np.generic):
-        key = f"a{len(arrays)}"
-        arrays[key] = np.asarray(value)
-        return {"t": "array", "k": key, "py": True}
-    if isinstance(value, np.generic):
-        key = f"a{len(arrays)}"
-        arrays[key] = np.asarray(value)
-        return {"t": "array", "k": key, "scalar": True}
-    if type(value) is np.ndarray:
-        if value.dtype.hasobject:
-            return {"t": "foreign", "type": "numpy array of Python objects"}
-        key = f"a{len(arrays)}"
-        arrays[key] = value
-        return {"t": "array", "k": key}
-    if isinstance(value, (tuple, list)):
-        return {"t": "tuple" if isinstance(value, tuple) else "list",
-                "items": [_encode(v, arrays, depth + 1) for v in value]}
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {"t": "dict", "items": [[k, _encode(v, arrays, depth + 1)] for k, v in value.items()]}
-    if isinstance(value, str):
-        return {"t": "str", "v": value[:10000]}
-    kind = type(value)
-    return {"t": "foreign", "type": f"{kind.__module__}.{kind.__qualname__}"}
+    def parents(path: str) -> None:
+        # bubblewrap (privileged) creates missing parents mode 0700: make them traversable
+        for folder in _ancestors(path):
+            if folder not in made:
+                argv.extend(["--perms", "0755", "--dir", folder])
+                made.add(folder)
+
+    for folder in SYSTEM_DIRS:
+        if os.path.exists(folder):
+            argv += ["--ro-bind", folder, folder]
+            made.add(folder)
+    for folder in python_paths():
+        parents(folder)
+        argv += ["--ro-bind", folder, folder]
+        made.add(folder)
+    if spec.course_package is not None:
+        parents(str(spec.course_package))
+        argv += ["--ro-bind", str(spec.course_package), str(spec.course_package)]
+    for path in spec.course_files:
+        parents(str(path))
+        argv += ["--ro-bind", str(path), str(path)]
+    for path in spec.hidden:
+        argv += ["--tmpfs", str(path), "--remount-ro", str(path)]
+    tools = Path(__file__).parent
+    parents(SANDBOX_TOOLS_DIR + "/x")
+    for name in ("zygote.py", "recheck_child.py"):
+        argv += ["--ro-bind", str(tools / name), f"{SANDBOX_TOOLS_DIR}/{name}"]
+    for path in spec.read_only_shared:
+        parents(str(path))
+        argv += ["--ro-bind", str(path), str(path)]
+    for path in spec.shared:
+        parents(str(path))
+        argv += ["--bind", str(path), str(path)]
+    argv += ["--clearenv"]
+    for key, value in spec.env.items():
+        argv += ["--setenv", key, str(value)]
+    argv += ["--chdir", "/box", "--"]
+    if root:
+        argv += [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={spec.uid}", f"--regid={spec.uid}",
+                 "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+    return argv + list(command)
 
 
-_UNBOUND = object()
+@functools.lru_cache(maxsize=1)
+def availability() -> tuple[bool, str]:
+    """(True, "") if a sandbox can start on this machine, else (False, the reason and the fix)."""
+    if not sys.platform.startswith("linux"):
+        return False, f"the sandbox needs Linux (bubblewrap and namespaces); this is {sys.platform}"
+    if shutil.which("bwrap") is None:
+        return False, "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+    if os.geteuid() == 0 and shutil.which("setpriv") is None and not os.path.exists("/usr/bin/setpriv"):
+        return False, "setpriv (util-linux) is missing, so the sandbox cannot drop root"
+    with tempfile.TemporaryDirectory(prefix="normcourse-probe-") as tmp:
+        argv = bwrap_argv(SandboxSpec(uid=UID_BASE + UID_COUNT - 1, shared=(Path(tmp),)),
+                          [sys.executable, "-I", "-c", "import os; print(os.getpid())"])
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, f"bubblewrap could not start: {exc}"
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        hint = ("" if os.geteuid() == 0 else
+                " (unprivileged user namespaces may be disabled: sysctl kernel.unprivileged_userns_clone=1"
+                " or user.max_user_namespaces > 0)")
+        return False, f"bubblewrap failed: {why}{hint}"
+    return True, ""
 
 
-def _bound(owner, name):
-    """``owner.name`` without running a module's lazy ``__getattr__`` (PEP 562): watching a name must
-    not import what it would load (normcourse.reference's torch functions: about 1.5 s per child)."""
-    if isinstance(owner, type(sys)):
-        return vars(owner).get(name, _UNBOUND)
-    return getattr(owner, name, None)
+@dataclass
+class UidLease:
+    """A sandbox user id held for this process's lifetime (an flock on a lock file)."""
+
+    uid: int
+    _handle: object = None
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
-def _snapshot(watched: dict) -> dict:
-    snap = {}
-    for module_name, names in watched.items():
-        owner = sys.modules.get(module_name)  # only what is loaded: never import torch just to watch it
-        if owner is None:
-            base, _, attr = module_name.rpartition(".")
-            if base in sys.modules:
-                owner = getattr(sys.modules[base], attr, None)
-        if owner is None:
+def allocate_uid(lock_dir: str | os.PathLike | None = None) -> UidLease:
+    """A user id no other live sandbox host on this machine holds (only meaningful for root; others
+    get their own uid, as unprivileged sandboxes cannot switch users)."""
+    if os.geteuid() != 0:
+        return UidLease(os.geteuid())
+    folder = Path(lock_dir or os.path.join(tempfile.gettempdir(), "normcourse-sandbox-uids"))
+    folder.mkdir(mode=0o700, exist_ok=True)
+    for offset in range((os.getpid() * 7) % UID_COUNT, (os.getpid() * 7) % UID_COUNT + UID_COUNT):
+        uid = UID_BASE + offset % UID_COUNT
+        handle = open(folder / f"{uid}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
             continue
-        if names == ["*"]:
-            names = [n for n in getattr(owner, "__all__", dir(owner)) if not n.startswith("_")]
-        snap[module_name] = (owner, sys.modules.get(module_name), {n: _bound(owner, n) for n in names})
-    return snap
-
-
-def _changed(snap: dict) -> list[str]:
-    changed = []
-    for module_name, (owner, module, values) in snap.items():
-        if module is not None and sys.modules.get(module_name) is not module:
-            changed.append(f"sys.modules[{module_name!r}]")
-        for name, value in values.items():
-            current = _bound(owner, name)
-            if current is value:
-                continue
-            if value is _UNBOUND and getattr(current, "__module__", "").startswith(module_name + "."):
-                continue  # bound since by the module's own lazy loader, to one of its own functions
-            changed.append(f"{module_name}.{name}")
-    return changed
-
-
-class _NoShell:
-    """``get_ipython()`` for translated magics: every magic is a no-op outside a kernel."""
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
-def _child(job_path: str, out_dir: str) -> None:
-    import importlib
-    import signal
-
-    with open(job_path, "rb") as f:
-        job = pickle.load(f)
-    from .limits import apply_limits
-    apply_limits(job["limits"])
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    if job["preimport_torch"]:  # so its functions are snapshotted before learner code can patch them
-        importlib.import_module("torch")  # named by the job, like every preload: grading never imports torch
-    import math  # noqa: F401
-    import numpy.testing  # noqa: F401
-    import normcourse.grading.compare  # noqa: F401
-    import normcourse.grading.parts  # noqa: F401
-    import normcourse.reference  # noqa: F401
-    out = Path(out_dir)
-    savez, dumps, replace = np.savez, json.dumps, os.replace  # bound before learner code runs
-    snap = _snapshot(job["watched"])
-    cell_errors = []
-
-    class _TimeLimit(BaseException):
-        pass
-
-    def alarm(signum, frame):
-        raise _TimeLimit()
-    signal.signal(signal.SIGALRM, alarm)
-    limit = max(1, int(job["call_timeout"]))
-
-    def write_meta():
-        (out / "meta.json.tmp").write_text(dumps({"tampering": _changed(snap), "cell_errors": cell_errors}))
-        replace(out / "meta.json.tmp", out / "meta.json")
-
-    namespace = {"__name__": "__main__", "get_ipython": lambda: _NoShell()}
-    for index, source in enumerate(job["program"]):
-        signal.alarm(limit)
-        try:
-            exec(compile(source, f"<cell {index}>", "exec"), namespace)
-        except _TimeLimit:
-            cell_errors.append(f"cell {index}: time limit of {limit} s")
-        except BaseException as exc:  # SystemExit, KeyboardInterrupt, errors: the kernel would go on
-            cell_errors.append(f"cell {index}: {type(exc).__name__}: {exc}"[:500])
-        finally:
-            signal.alarm(0)
-    write_meta()
-
-    failed_parts = set()
-    for call in job["calls"]:
-        fn = namespace.get(call["function"])
-        arrays: dict = {}
-        part = call["key"].rsplit(":", 1)[0]
-        signal.alarm(limit)
-        try:
-            if part in failed_parts:  # the grader stops at a part's first failure; do not wait on the rest
-                head = {"error": "skipped after an earlier failure"}
-            elif fn is None:
-                head = {"error": f"{call['function']} is not defined (did its cell run without errors?)"}
-            elif not callable(fn):
-                head = {"error": f"{call['function']} is not a function (got {type(fn).__name__})"}
-            else:
-                seen = observe(fn, call["args"], call["kwargs"], inplace=call["inplace"],
-                               state_of=call["state_of"], repeat=call["repeat"])
-                head = {"value": _encode({"results": seen.results,
-                                          "states": {str(k): v for k, v in seen.states.items()}}, arrays)}
-        except _TimeLimit:
-            head = {"error": f"{call['function']} did not return within {limit} s"}
-        except NotImplementedError:
-            head = {"error": f"{call['function']} is not implemented yet (it raised NotImplementedError)"}
-        except BaseException as exc:
-            head = {"error": f"{call['function']} raised {type(exc).__name__}: {exc}"[:1000]}
-        finally:
-            signal.alarm(0)
-        if "error" in head:
-            failed_parts.add(part)
-        try:
-            payload = np.frombuffer(dumps(head).encode(), dtype=np.uint8)
-            tmp = out / f"{call['key']}.tmp.npz"
-            savez(tmp, __json__=payload, **arrays)
-        except BaseException as exc:
-            payload = np.frombuffer(dumps({"error": f"result could not be saved ({type(exc).__name__})"})
-                                    .encode(), dtype=np.uint8)
-            savez(tmp, __json__=payload)
-        replace(tmp, out / f"{call['key']}.npz")
-        write_meta()
-
-
-if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2])
-    sys.stdout.flush()
-    os._exit(0)  # skip learner-registered atexit handlers
+        return UidLease(uid, handle)
+    raise SandboxUnavailable(f"all {UID_COUNT} sandbox user ids are in use on this machine")

@@ -4,17 +4,17 @@ What it does is what grading does, minus the gradebook:
 
 1. identifies the problem set (notebook metadata ``normcourse.problem_set``, else the file name,
    else the grade_ids of its cells matched against the registry of Parts);
-2. runs a copy of the notebook top to bottom in a fresh, resource-limited kernel
-   (:mod:`normcourse.grading.limits`) with a per-cell time limit and ``NBGRADER_EXECUTION=autograde``
-   (so code sees the same environment as when graded), and scores each autograded test cell the way
-   nbgrader does (``nbgrader.utils.determine_grade``, with stderr-only output not counted, as in our
-   grading pipeline);
-3. runs every Part of the problem set out of kernel (:mod:`normcourse.grading.sandbox`): the same
-   hidden-style comparisons against the reference that the grader runs, on the same seeded cases.
+2. runs a copy of the notebook top to bottom in a fresh kernel in the grader's sandbox
+   (:mod:`normcourse.grading.host`; where this machine cannot start one, in an ordinary process, and
+   says so) with the same limits, time budget and ``NBGRADER_EXECUTION=autograde``, and scores each
+   autograded test cell the way nbgrader does (``nbgrader.utils.determine_grade``, with stderr-only
+   output not counted, as in our grading pipeline);
+3. runs every Part of the problem set out of kernel (:mod:`normcourse.grading.recheck`): the same
+   comparisons against the reference that the grader runs, under the same forbidden-shortcut rules
+   (the grader's cases use a course-private salt; these use the notebook's own seeds).
 
-A test cell earns its points only if its in-kernel test passes and, when a Part backs it, the Part's
-comparison passes too. Hand-graded answers are listed, never scored. The learner's notebook file is
-not modified.
+Each cell is scored by the grader's rule (:func:`normcourse.grading.worker.score_with_recheck`).
+Hand-graded answers are listed, never scored. The learner's notebook file is not modified.
 
 Example::
 
@@ -122,42 +122,42 @@ def _error_text(cell) -> str:
     return "the test did not pass"
 
 
-def _execute(nb, workdir: Path, timeout: int, limits: Limits) -> None:
-    from nbclient import NotebookClient
-    from nbgrader.utils import setenv
+def _execute(nb, host, timeout: int, limits: Limits) -> None:
+    """Run ``nb`` in a kernel of ``host``'s sandbox, as the grader does (time budget, output cap)."""
+    from traitlets.config import Config
 
     from .kernel_manager import GRADING_EXECUTION
-    from .limits import write_grading_kernelspec
+    from .preprocessors import SandboxedExecute
+    from .worker import _jupyter_path
 
-    with tempfile.TemporaryDirectory(prefix="normcourse-check-") as jupyter_dir:
-        kernel = write_grading_kernelspec(Path(jupyter_dir), limits)
-        path = os.pathsep.join([jupyter_dir] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p])
-        with setenv(JUPYTER_PATH=path, NBGRADER_EXECUTION="autograde"):
-            client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, allow_errors=True,
-                                    interrupt_on_timeout=True, record_timing=False,
-                                    **GRADING_EXECUTION,
-                                    resources={"metadata": {"path": str(workdir)}})
-            try:
-                client.execute()
-            except Exception as exc:  # the kernel died (os._exit, memory): later cells have no output
-                nb.metadata.setdefault("normcourse", {})["execution_error"] = f"{type(exc).__name__}: {exc}"
+    with tempfile.TemporaryDirectory(prefix="normcourse-check-") as jupyter_dir, _jupyter_path(Path(jupyter_dir)):
+        kernel = host.kernelspec(Path(jupyter_dir))
+        executor = SandboxedExecute(config=Config(host.kernel_manager_config()), timeout=timeout, kernel_name=kernel,
+                                    interrupt_on_timeout=True, notebook_seconds=limits.notebook_seconds,
+                                    output_kb=limits.output_kb, **GRADING_EXECUTION)
+        executor.preprocess(nb, {"metadata": {"path": "."}})
 
 
 def self_check(path: str | os.PathLike, *, timeout: int = 60, recheck_timeout: float = 300.0,
-               limits: Limits = Limits()) -> SelfCheckReport:
+               limits: Limits = Limits(), sandbox: bool | None = None) -> SelfCheckReport:
     """Check one notebook as the grader would; see the module docstring.
 
     Args:
         path: the learner's notebook.
         timeout: seconds per cell (kernel) and per call (re-check).
         recheck_timeout: wall-clock seconds for the whole out-of-kernel re-check.
-        limits: memory/CPU/file caps of the kernel and the re-check process.
+        limits: caps of the kernel and the re-check process.
+        sandbox: run in the sandbox (None: if this machine can; the rules apply either way).
     """
     import nbformat
     from nbgrader import utils
 
+    from .host import Host, IMPORTS_TORCH
     from .preprocessors import demote_stderr
-    from .sandbox import recheck_notebook
+    from .recheck import recheck_notebook
+    from .result import PartGrade
+    from .sandbox import availability
+    from .worker import backed_ids, score_with_recheck
 
     started = time.monotonic()
     path = Path(path)
@@ -171,44 +171,47 @@ def self_check(path: str | os.PathLike, *, timeout: int = 60, recheck_timeout: f
     if report.problem_set is None:
         report.notes.append("could not tell which problem set this is: only the tests in the notebook ran, "
                             "not the grader's comparisons with the reference")
+    if sandbox is None:
+        sandbox, why = availability()
+        if not sandbox:
+            report.notes.append(f"ran without the grader's sandbox ({why}); the rules still apply")
     source_nb = nbformat.from_dict(nb)  # unexecuted copy for the re-check
-    _execute(nb, path.parent.resolve(), timeout, limits)
-    if nb.metadata.get("normcourse", {}).get("execution_error"):
-        report.notes.append("the kernel stopped before the end: "
-                            + nb.metadata["normcourse"]["execution_error"][:300])
-
-    recheck = None
-    if report.problem_set is not None:
-        from .parts import parts_of
-        ids = {c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells}
-        part_ids = sorted(ids & {p.grade_id for p in parts_of(report.problem_set)})
-        if part_ids:
-            recheck = recheck_notebook(source_nb, report.problem_set, workdir=path.parent, timeout=recheck_timeout,
-                                       call_timeout=timeout, limits=limits, grade_ids=part_ids)
-            if recheck.tampering:
-                report.notes.append("your code rebinds tools the tests rely on ("
-                                    + ", ".join(recheck.tampering) + "); the grader gives such a notebook "
-                                    "no autograded points")
-
-    for cell in nb.cells:
-        if not utils.is_grade(cell):
+    torch = any(c.cell_type == "code" and IMPORTS_TORCH.search(c.source) for c in nb.cells)
+    with Host(report.problem_set or "unknown", sandbox=sandbox, limits=limits, torch=torch) as host:
+        host.reset(path.parent)
+        _execute(nb, host, timeout, limits)
+        host.reset(path.parent)
+        grades = []
+        for cell in nb.cells:
+            if not utils.is_grade(cell):
+                continue
+            points = float(cell.metadata["nbgrader"].get("points", 0))
+            grade_id = cell.metadata["nbgrader"]["grade_id"]
+            if utils.is_solution(cell) or cell.cell_type != "code":
+                grades.append(PartGrade(path.stem, grade_id, "manual", points))
+                continue
+            demote_stderr(cell)
+            score, _ = utils.determine_grade(cell)
+            in_kernel = 0.0 if score is None else min(float(score), points)
+            grades.append(PartGrade(path.stem, grade_id, "autograded", points, in_kernel, in_kernel))
+        check = None
+        autograded = [g for g in grades if g.kind == "autograded"]
+        ids = sorted(backed_ids(report.problem_set) & {g.grade_id for g in autograded}) if report.problem_set else []
+        if ids:
+            check = recheck_notebook(source_nb, report.problem_set, host, call_timeout=timeout,
+                                     timeout=recheck_timeout, grade_ids=ids)
+        score_with_recheck(path.stem, nb, autograded, check)
+    cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
+    for grade in grades:
+        if grade.kind == "manual":
+            report.parts.append(PartReport(grade.grade_id, "manual", 0.0, grade.max_score, True))
             continue
-        grade_id = cell.metadata["nbgrader"]["grade_id"]
-        max_points = float(cell.metadata["nbgrader"].get("points", 0))
-        if utils.is_solution(cell) or cell.cell_type != "code":
-            report.parts.append(PartReport(grade_id, "manual", 0.0, max_points, True))
-            continue
-        demote_stderr(cell)
-        score, _ = utils.determine_grade(cell)
-        score = 0.0 if score is None else float(score)
-        passed, message = score >= max_points, "" if score >= max_points else _error_text(cell)
-        if cell.get("execution_count") is None:  # never ran (the kernel died earlier): no output is not a pass
-            score, passed, message = 0.0, False, "not run: the kernel stopped before this cell"
-        if recheck is not None and grade_id in recheck.parts and not recheck.parts[grade_id].passed:
-            extra = "comparison with the reference: " + recheck.parts[grade_id].message
-            score, passed, message = 0.0, False, (message + "; " if message else "") + extra
-        if recheck is not None and recheck.tampering:
-            score, passed, message = 0.0, False, "tools the tests rely on were rebound: " + ", ".join(recheck.tampering)
-        report.parts.append(PartReport(grade_id, "autograded", score, max_points, passed, message))
+        passed = grade.score >= grade.max_score
+        message = "" if passed else (grade.reason if grade.recheck is False or not grade.ran
+                                     else _error_text(cells[grade.grade_id]))
+        report.parts.append(PartReport(grade.grade_id, "autograded", grade.score, grade.max_score, passed, message))
+    if any(not g.ran for g in autograded):
+        report.notes.append("some test cells did not run in your notebook (time budget, or the kernel died); "
+                            "they were scored by the comparison with the reference alone")
     report.seconds = time.monotonic() - started
     return report

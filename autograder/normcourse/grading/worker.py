@@ -1,136 +1,103 @@
-"""Grade one submission in an isolated copy of the course: ``python -m normcourse.grading.worker JOB.json``
-(or ``--serve``: job paths on stdin, one per line, for a long-lived worker).
+"""Grade one submission: ``grade(task) -> GradeResult``, in any process (a local worker, a Dask worker).
 
-The worker never touches the course's gradebook. It builds a private course in its workspace
-(the problem set's source, the one submission, a copy of a *template* gradebook that holds only the
-assignment), runs nbgrader's own autograde there through ``NbGraderAPI.autograde``, reads the grades
-back with nbgrader's ``Gradebook``, applies the out-of-kernel re-check
-(:mod:`normcourse.grading.sandbox`), and writes one JSON result. The orchestrator
-(:mod:`normcourse.grading.autograde`) merges that result into the course gradebook only if the
-worker succeeded, so a crashed or timed-out worker cannot zero anyone's grades.
+The worker never touches the course: a :class:`~normcourse.grading.result.GradeTask` carries the
+submission's bytes, the problem set's source and a template gradebook holding only that problem set.
+The worker
 
-Outcomes (``result["status"]``):
+1. refuses the task if its own course package or the shipped source differ from the versions the
+   orchestrator named (it would grade with other tests);
+2. builds a private course in a scratch folder and runs nbgrader's own autograde there
+   (``NbGraderAPI.autograde``), with the kernel in the sandbox (:class:`~normcourse.grading.host.Host`)
+   and :class:`~normcourse.grading.preprocessors.SandboxedExecute` (time budget, output cap);
+3. ends everything the kernel left running, then runs the out-of-kernel re-check
+   (:mod:`normcourse.grading.recheck`) of every Part in a fresh sandboxed process;
+4. scores each autograded cell: a cell the kernel ran keeps its in-kernel score only if the re-check
+   confirms it; a cell the kernel never reached (time budget spent, kernel died) is scored by the
+   re-check alone; manual cells are left to a person;
+5. returns one :class:`~normcourse.grading.result.GradeResult` with the autograded notebook's bytes.
 
-- ``"graded"``: every autograded cell has a score; re-check verdicts and flags are attached;
-- ``"failed"``: the submission itself cannot be graded (not a notebook, the kernel died in learner
-  code, no notebook at all); the orchestrator records zeros and the reason;
-- ``"infrastructure"``: something outside the submission went wrong (the kernel did not start); the
-  orchestrator retries and never records a grade from it.
+Only the orchestrator writes the course's gradebook and ledger. One submission at a time per
+process (a lock enforces it: the sandbox host and ``JUPYTER_PATH`` are per process).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import os
 import re
 import shutil
-import subprocess
-import sys
+import socket
 import tempfile
+import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 
-__all__ = ["grade_submission", "classify_failure", "fingerprint", "suspicious_code", "run_job",
-           "kernel_preload", "BASE_KERNEL_PRELOAD"]
+from .limits import Limits
+from .result import GradeResult, GradeTask, PartGrade
 
-_ORIGINAL_JUPYTER_PATH = os.environ.get("JUPYTER_PATH", "")
+__all__ = ["grade", "fingerprint", "fingerprint_files", "read_files", "package_version", "suspicious_code",
+           "classify_failure", "close_hosts", "score_with_recheck", "backed_ids"]
 
-#: What every grading kernel imports (ipykernel itself, numpy, the modules the test cells use); a
-#: serving worker's kernel zygote imports them once (see :mod:`normcourse.grading.kernel_zygote`).
-BASE_KERNEL_PRELOAD = ["numpy", "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell",
-                       "ipykernel.debugger", "IPython.core.interactiveshell", "normcourse.reference",
-                       "normcourse.grading.compare", "normcourse.grading.parts"]
-
-
-class _Zygote:
-    """This worker's kernel zygote (a ``kernel_zygote serve`` child), restarted if it has died."""
-
-    def __init__(self, modules: list[str], limit_args: list[str]):
-        self.modules, self.limit_args = modules, limit_args
-        self.folder = tempfile.mkdtemp(prefix="nczyg-")  # short: Unix socket paths are limited to ~100 bytes
-        self.socket = os.path.join(self.folder, "kernels.sock")
-        self.process: subprocess.Popen | None = None
-
-    def ensure_running(self) -> str:
-        if self.process is None or self.process.poll() is not None:
-            env = dict(os.environ, MALLOC_ARENA_MAX="2")  # as the kernelspec sets it for fresh kernels
-            self.process = subprocess.Popen([sys.executable, "-m", "normcourse.grading.kernel_zygote", "serve",
-                                             self.socket, *self.limit_args, *self.modules],
-                                            stdin=subprocess.PIPE, env=env)
-        return self.socket
-
-    def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.stdin.close()  # EOF: it kills any kernel left and exits
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-_ZYGOTE: _Zygote | None = None
-
-
-def uses_torch(problem_set_source: Path) -> bool:
-    """Whether a code cell of the problem set's source notebooks imports torch."""
-    import nbformat
-
-    from .sandbox import IMPORTS_TORCH
-
-    for path in Path(problem_set_source).glob("*.ipynb"):
-        nb = nbformat.read(path, as_version=4)
-        if any(c.cell_type == "code" and IMPORTS_TORCH.search(c.source) for c in nb.cells):
-            return True
-    return False
-
-
-def kernel_preload(problem_set_source: Path, problem_set: str) -> list[str]:
-    """Modules worth importing once per worker for this problem set's kernels: the base set, the
-    problem set's hidden-test module, and torch (about 1.5 s) only if its notebooks import torch."""
-    modules = list(BASE_KERNEL_PRELOAD) + [f"normcourse.problems.{problem_set}"]
-    if uses_torch(problem_set_source):
-        modules.append("torch")
-    return modules
+_LOCK = threading.Lock()
+_HOSTS: dict = {}
 
 #: nbgrader/nbclient log text meaning the kernel never became usable: not the learner's fault.
 INFRASTRUCTURE_PATTERNS = [
-    r"Kernel didn't respond in \d+ seconds",
-    r"Timeout waiting for kernel_info",
-    r"Kernel died before replying to kernel_info",
-    r"zmq\.error", r"ZMQError", r"Address already in use",
-    r"database is locked", r"No kernel named",
-    r"Too many open files",
+    r"Kernel didn't respond in \d+ seconds", r"Timeout waiting for kernel_info",
+    r"Kernel died before replying to kernel_info", r"zmq\.error", r"ZMQError", r"Address already in use",
+    r"database is locked", r"No kernel named", r"Too many open files", r"no sandboxed kernel could be started",
 ]
 
-#: Learner-code constructs that can interfere with grading; a hit flags the submission for review.
+#: Learner-code constructs worth a look from a person (static, evadable: a flag, never a verdict).
 SUSPICIOUS_CODE = {
     r"\bget_ipython\s*\(": "uses get_ipython()",
-    r"showtraceback|excepthook|InteractiveShell": "touches error display",
+    r"showtraceback|excepthook|InteractiveShell|input_transformers": "touches IPython's machinery",
     r"NBGRADER_EXECUTION": "branches on NBGRADER_EXECUTION",
-    r"\bos\s*\.\s*_exit\b|\bos\s*\.\s*kill\b": "ends its own process",
+    r"\bos\s*\.\s*_exit\b|\bos\s*\.\s*kill\b|\bsignal\s*\.\s*signal\b": "ends or signals processes",
     r"\bsys\s*\.\s*exit\b|\bexit\s*\(|\bquit\s*\(": "calls exit",
     r"\b(np|numpy)(\.testing)?\s*\.\s*(allclose|isclose|assert_\w+)\s*=": "rebinds a numpy comparison",
-    r"\bsys\s*\.\s*modules\b|\bbuiltins\b|\bctypes\b|\bgc\s*\.\s*get_referrers\b": "reaches into the interpreter",
-    r"normcourse\s*\.\s*grading": "imports the grading tools",
+    r"\bsys\s*\.\s*modules\b|\bbuiltins\b|\bctypes\b|\bgc\s*\.\s*get_": "reaches into the interpreter",
+    r"\bsubprocess\b|\bos\s*\.\s*(system|fork|popen|exec)": "starts processes",
+    r"\bsocket\b|\burllib\b|\brequests\b|\bhttp\.client\b": "uses the network",
+    r"^\s*(from|import)\s+normcourse\b": "imports course code",
+    r"sqlite3|gradebook": "mentions the gradebook",
 }
 
 
-def fingerprint(folder: Path) -> str:
-    """SHA-256 over the names and bytes of every file in a submission folder."""
+def read_files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` as ``{relative path: bytes}`` (what a task carries)."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def fingerprint_files(files: dict[str, bytes]) -> str:
+    """SHA-256 over the names and bytes of a folder's files."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        digest.update(path.read_bytes())
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0")
+        digest.update(files[name])
     return digest.hexdigest()
 
 
+def fingerprint(folder: Path) -> str:
+    """:func:`fingerprint_files` of a folder on disk."""
+    return fingerprint_files(read_files(folder))
+
+
+@functools.lru_cache(maxsize=1)
+def package_version() -> str:
+    """SHA-256 of this installed course package's source (the reference, the Parts, the grader)."""
+    package = Path(__file__).resolve().parents[1]
+    return fingerprint_files({str(p.relative_to(package)): p.read_bytes()
+                              for p in package.rglob("*.py") if "__pycache__" not in p.parts})[:16]
+
+
 def suspicious_code(program: list[str]) -> list[str]:
-    """Human-readable reasons to review learner code (static; evasion is possible, so never a verdict)."""
     text = "\n".join(program)
-    return [reason for pattern, reason in SUSPICIOUS_CODE.items() if re.search(pattern, text)]
+    return [reason for pattern, reason in SUSPICIOUS_CODE.items() if re.search(pattern, text, re.MULTILINE)]
 
 
 def classify_failure(log: str) -> str:
@@ -141,226 +108,277 @@ def classify_failure(log: str) -> str:
 def _last_error(log: str) -> str:
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
     for line in reversed(lines):
-        if "Please see the" in line:  # nbgrader's generic closing line; the cause is above it
+        if "Please see the" in line:
             continue
         if re.match(r"^[\w.]*(Error|Exception|Exit)\b", line) or "Error:" in line:
             return line[:300]
     return lines[-1][:300] if lines else "no log"
 
 
-def _read_grades(db_url: str, problem_set: str, student: str) -> dict:
-    """Per notebook: every grade cell's scores and whether a person must grade it."""
-    from nbgrader.api import Gradebook
+def _host(problem_set: str, sandbox: bool, limits: Limits, torch: bool):
+    """This process's sandbox host for the problem set (kept warm; one problem set at a time)."""
+    from .host import Host
 
-    notebooks = {}
-    with Gradebook(db_url) as gb:
+    key = (problem_set, sandbox, limits, torch)
+    host = _HOSTS.get(key)
+    if host is None:
+        close_hosts()
+        host = _HOSTS[key] = Host(problem_set, sandbox=sandbox, limits=limits, torch=torch)
+    return host
+
+
+def close_hosts() -> None:
+    """Stop this process's sandboxes (a worker calls it when it is done)."""
+    for host in _HOSTS.values():
+        host.close()
+    _HOSTS.clear()
+
+
+def _write(files: dict[str, bytes], folder: Path) -> None:
+    for name, data in files.items():
+        path = (folder / name).resolve()
+        if not str(path).startswith(str(folder.resolve()) + os.sep):
+            raise ValueError(f"refusing a file outside the folder: {name!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def grade(task: GradeTask) -> GradeResult:
+    """Grade one submission; see the module docstring. Never raises: every outcome is a result."""
+    started = time.monotonic()
+    result = GradeResult(task.problem_set, task.student, "infrastructure",
+                         fingerprint=fingerprint_files(task.submission), source_version=task.source_version,
+                         package_version=package_version(), sandboxed=task.sandbox,
+                         worker=f"{socket.gethostname()}:{os.getpid()}")
+    if task.package_version != package_version():
+        result.status = "refused"
+        result.reason = (f"this worker has course package {package_version()}, the orchestrator "
+                         f"{task.package_version}: install the same version of normcourse on every worker")
+        return result
+    if fingerprint_files(task.source) != task.source_version:
+        result.status, result.reason = "refused", "the problem set's source arrived damaged (fingerprint mismatch)"
+        return result
+    with _LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's own SQLAlchemy notice
+        try:
+            _grade(task, result)
+        except Exception as exc:
+            from .sandbox import SandboxUnavailable
+            if isinstance(exc, SandboxUnavailable):
+                result.status, result.reason = "refused", f"this worker cannot start the sandbox: {exc}"
+            else:
+                result.status = "infrastructure"
+                result.reason = "worker error: " + traceback.format_exc()[-1500:]
+    result.timings["total"] = round(time.monotonic() - started, 3)
+    return result
+
+
+def _grade(task: GradeTask, result: GradeResult) -> None:
+    import nbformat
+
+    from .course import Course
+    from .host import IMPORTS_TORCH
+
+    problem_set, student = task.problem_set, task.student
+    # In memory where the machine has /dev/shm: nbgrader commits to its private gradebook once per cell,
+    # and each commit is an fsync on disk.
+    scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="normcourse-grade-", dir=scratch) as tmp:
+        workspace = Path(tmp)
+        source = workspace / "solutions" / problem_set
+        submitted = workspace / "submitted" / student / problem_set
+        _write(task.source, source)
+        _write(task.submission, submitted)
+        (workspace / "gradebook.db").write_bytes(task.template_db)
+        if "nbgrader_config.py" in task.source:  # the course's own nbgrader settings travel with the source
+            shutil.move(source / "nbgrader_config.py", workspace / "nbgrader_config.py")
+
+        expected = sorted(p.stem for p in source.glob("*.ipynb"))
+        for name in expected:  # a submission that is not a notebook never reaches nbgrader
+            path = submitted / f"{name}.ipynb"
+            if path.exists():
+                try:
+                    nbformat.validate(nbformat.read(path, as_version=4))
+                except Exception as exc:
+                    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+                    result.status, result.reason = "failed", f"{name}.ipynb is not a valid notebook ({type(exc).__name__}: {first})"
+                    return
+        if not any((submitted / f"{n}.ipynb").exists() for n in expected):
+            result.status, result.reason = "failed", f"no notebook named {', '.join(n + '.ipynb' for n in expected)}"
+            return
+
+        limits = Limits.from_json(task.limits)
+        torch = any(IMPORTS_TORCH.search(c.source) for p in source.glob("*.ipynb")
+                    for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code")
+        host = _host(problem_set, task.sandbox, limits, torch)
+        t = time.monotonic()
+        host.reset(submitted)
+        jupyter_dir = workspace / "jupyter"
+        kernel = host.kernelspec(jupyter_dir)
+        result.timings["sandbox_reset"] = round(time.monotonic() - t, 3)
+        overrides = _overrides(workspace, kernel, task, limits, host)
+        course = Course(workspace)
+        t = time.monotonic()
+        with _jupyter_path(jupyter_dir):
+            outcome = course.api(overrides).autograde(problem_set, student, force=True, create=True)
+        result.timings["nbgrader"] = round(time.monotonic() - t, 3)
+        log = outcome.get("log", "") + "\n" + (outcome.get("error") or "")
+        if not outcome.get("success"):
+            kind = classify_failure(log)
+            result.status, result.reason = kind, f"nbgrader autograde failed: {_last_error(log)}"
+            result.flags.append("log: " + log[-1500:])
+            host.reset(None)
+            return
+        t = time.monotonic()
+        host.reset(submitted)  # nothing the kernel started may see or touch the re-check
+        result.timings["sandbox_reset"] += round(time.monotonic() - t, 3)
+        _collect_grades(workspace, problem_set, student, result)
+        autograded = workspace / "autograded" / student / problem_set
+        t = time.monotonic()
+        _recheck_and_score(autograded, problem_set, host, task, result)
+        result.timings["recheck"] = round(time.monotonic() - t, 3)
+        result.files = read_files(autograded)  # (the next submission's reset ends whatever this one left)
+        result.status = "graded"
+
+
+class _jupyter_path:
+    """Put the grading kernelspec first on JUPYTER_PATH for the duration of one autograde."""
+
+    def __init__(self, folder: Path):
+        self.folder = str(folder)
+
+    def __enter__(self):
+        self.old = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([self.folder] + [p for p in (self.old or "").split(os.pathsep) if p])
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("JUPYTER_PATH", None)
+        else:
+            os.environ["JUPYTER_PATH"] = self.old
+
+
+def _overrides(workspace: Path, kernel: str, task: GradeTask, limits: Limits, host) -> dict:
+    from .kernel_manager import GRADING_EXECUTION
+    from .preprocessors import AUTOGRADE_PREPROCESSORS
+
+    return {
+        "CourseDirectory": {"root": str(workspace), "source_directory": "solutions",
+                            "submitted_directory": "submitted", "autograded_directory": "autograded",
+                            "feedback_directory": "feedback", "db_url": f"sqlite:///{workspace / 'gradebook.db'}"},
+        "Execute": {"timeout": int(task.cell_timeout), "kernel_name": kernel, "interrupt_on_timeout": True,
+                    "startup_timeout": 60, **GRADING_EXECUTION},
+        "SandboxedExecute": {"notebook_seconds": limits.notebook_seconds, "output_kb": limits.output_kb},
+        "Autograde": {"autograde_preprocessors": AUTOGRADE_PREPROCESSORS},
+        **host.kernel_manager_config(),
+    }
+
+
+def _collect_grades(workspace: Path, problem_set: str, student: str, result: GradeResult) -> None:
+    """Scores, comments, penalties and the timestamp nbgrader recorded in the private gradebook."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(f"sqlite:///{workspace / 'gradebook.db'}") as gb:
         submission = gb.find_submission(problem_set, student)
         for nb in submission.notebooks:
-            grades = {}
+            solution_ids = set()
             for grade in nb.grades:
-                cell = grade.cell
-                grades[grade.name] = {
-                    "auto_score": grade.auto_score, "max_score": grade.max_score,
-                    "needs_manual_grade": bool(grade.needs_manual_grade),
-                    "kind": "autograded" if cell.cell_type == "code" and not _is_solution_cell(gb, nb, grade.name)
-                    else "manual",
-                }
-            comments = {c.name: c.auto_comment for c in nb.comments}
-            notebooks[nb.name] = {"grades": grades, "comments": comments,
-                                  "late_penalty": nb.late_submission_penalty}
-        timestamp = submission.timestamp.isoformat() if submission.timestamp else None
-    return {"notebooks": notebooks, "timestamp": timestamp}
-
-
-def _is_solution_cell(gb, nb, grade_id: str) -> bool:
-    from nbgrader.api import MissingEntry
-    try:
-        gb.find_solution_cell(grade_id, nb.name, nb.assignment.name)
-        return True
-    except MissingEntry:
-        return False
+                try:
+                    gb.find_solution_cell(grade.name, nb.name, problem_set)
+                    solution_ids.add(grade.name)
+                except MissingEntry:
+                    pass
+            for grade in nb.grades:
+                autograded = grade.cell.cell_type == "code" and grade.name not in solution_ids
+                max_score = float(grade.max_score)  # the source's points, never the submission's
+                in_kernel = None if grade.auto_score is None else min(float(grade.auto_score), max_score)
+                result.parts.append(PartGrade(nb.name, grade.name, "autograded" if autograded else "manual",
+                                              max_score, score=in_kernel if autograded else None,
+                                              in_kernel=in_kernel if autograded else None))
+            result.comments[nb.name] = {c.name: c.auto_comment for c in nb.comments if c.auto_comment}
+            result.late_penalty[nb.name] = nb.late_submission_penalty
+        result.timestamp = submission.timestamp.isoformat() if submission.timestamp else None
 
 
 def _annotate(cell, text: str) -> None:
-    """Append a visible note (stdout) to a test cell of the autograded copy, shown in feedback."""
     from nbformat.notebooknode import NotebookNode
     cell.setdefault("outputs", []).append(NotebookNode(output_type="stream", name="stdout", text=text))
 
 
-def grade_submission(job: dict) -> dict:
-    """Autograde ``job["student"]``'s ``job["problem_set"]`` in ``job["workspace"]``; return the result."""
+def _recheck_and_score(autograded: Path, problem_set: str, host, task: GradeTask, result: GradeResult) -> None:
     import nbformat
-
-    from .course import Course, ensure_tool_path
-    from .kernel_manager import GRADING_EXECUTION
-    from .limits import Limits, write_grading_kernelspec
-    from .preprocessors import AUTOGRADE_PREPROCESSORS
     from nbgrader import utils
 
-    from .sandbox import recheck_notebook
+    from .recheck import course_cells, recheck_notebook
 
-    started = time.monotonic()
-    problem_set, student = job["problem_set"], job["student"]
-    course = Course(Path(job["course_root"]), Path(job["course_work"]) if job.get("course_work") else None)
-    workspace = Path(job["workspace"])
-    if workspace.exists():
-        shutil.rmtree(workspace)
-    (workspace / "solutions").mkdir(parents=True)
-    shutil.copytree(course.source_dir(problem_set), workspace / "solutions" / problem_set)
-    submitted = workspace / "submitted" / student / problem_set
-    shutil.copytree(job["submission_dir"], submitted)
-    shutil.copy2(job["template_db"], workspace / "gradebook.db")
-    result = {"student": student, "problem_set": problem_set, "fingerprint": fingerprint(submitted),
-              "flags": [], "recheck": {}, "notebooks": {}}
-
-    # A submission that is not a notebook never reaches nbgrader (which would stop with a traceback).
-    expected = course.notebooks(problem_set)
-    for name in expected:
-        path = submitted / f"{name}.ipynb"
-        if not path.exists():
-            continue
-        try:
-            nbformat.validate(nbformat.read(path, as_version=4))
-        except Exception as exc:
-            result.update(status="failed", reason=f"{name}.ipynb is not a valid notebook "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})")
-            return result
-    if not any((submitted / f"{n}.ipynb").exists() for n in expected):
-        result.update(status="failed", reason=f"no notebook named {', '.join(n + '.ipynb' for n in expected)}")
-        return result
-
-    limits = Limits(**job.get("limits", {}))
-    jupyter_dir = workspace / "jupyter"
-    kernel = write_grading_kernelspec(jupyter_dir, limits, zygote=_ZYGOTE.ensure_running() if _ZYGOTE else None)
-    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(jupyter_dir)] + [
-        p for p in _ORIGINAL_JUPYTER_PATH.split(os.pathsep) if p])
-    ensure_tool_path()
-    overrides = {
-        "CourseDirectory": {"root": str(workspace), "source_directory": "solutions",
-                            "submitted_directory": "submitted", "autograded_directory": "autograded",
-                            "feedback_directory": "feedback",
-                            "db_url": f"sqlite:///{workspace / 'gradebook.db'}"},
-        "Execute": {"timeout": int(job["cell_timeout"]), "kernel_name": kernel,
-                    "interrupt_on_timeout": True, "startup_timeout": int(job.get("startup_timeout", 60)),
-                    **GRADING_EXECUTION},
-        "Autograde": {"autograde_preprocessors": AUTOGRADE_PREPROCESSORS},
-    }
-    api = course.api(overrides)
-    outcome = api.autograde(problem_set, student, force=True, create=True)
-    log = outcome.get("log", "") + "\n" + (outcome.get("error") or "")
-    result["log_tail"] = log[-4000:]
-    if not outcome.get("success"):
-        kind = classify_failure(log)
-        why = _last_error(log)
-        if kind == "failed" and ("DeadKernelError" in log or "Kernel died" in log):
-            why = "the kernel died while running the notebook (does the code exit the process or exhaust memory?)"
-        result.update(status=kind, reason=f"nbgrader autograde failed: {why}")
-        return result
-
-    grades = _read_grades(overrides["CourseDirectory"]["db_url"], problem_set, student)
-    result["notebooks"], result["timestamp"] = grades["notebooks"], grades["timestamp"]
-
-    # The out-of-kernel re-check: a Part's cell keeps its points only if both checks pass.
-    from .parts import parts_of
-    try:
-        part_ids = {p.grade_id for p in parts_of(problem_set)}
-    except KeyError:
-        part_ids = set()
-    autograded = workspace / "autograded" / student / problem_set
-    for name, entry in result["notebooks"].items():
-        nb_path = autograded / f"{name}.ipynb"
+    for nb_path in sorted(autograded.glob("*.ipynb")):
+        name = nb_path.stem
         nb = nbformat.read(nb_path, as_version=4)
+        source = autograded.parents[2] / "solutions" / problem_set / nb_path.name
         written = [c.source for c in nb.cells if c.cell_type == "code" and utils.is_solution(c)]
-        result["flags"] += [f"{name}: {r}" for r in suspicious_code(written)]  # the learner's cells only
-        ids_here = part_ids & set(entry["grades"])
-        if not ids_here:
-            continue
-        check = recheck_notebook(nb, problem_set, workdir=autograded, timeout=job["recheck_timeout"],
-                                 call_timeout=job["cell_timeout"], limits=limits, grade_ids=sorted(ids_here))
-        result["recheck"][name] = check.to_json()
-        cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
-        for grade_id, verdict in check.parts.items():
-            grade = entry["grades"][grade_id]
-            grade["recheck_passed"] = verdict.passed
-            if not verdict.passed and grade["auto_score"]:
-                grade["in_kernel_score"], grade["auto_score"] = grade["auto_score"], 0.0
-                grade["reason"] = f"out-of-kernel re-check failed: {verdict.message}"
-            if grade_id in cells:
-                _annotate(cells[grade_id], ("Re-check outside your kernel: passed\n" if verdict.passed else
-                                            f"Re-check outside your kernel: FAILED: {verdict.message}\n"))
-        if check.tampering:
-            reason = "learner code rebinds grading tools: " + ", ".join(check.tampering)
-            result["flags"].append(f"{name}: {reason}")
-            for grade_id, grade in entry["grades"].items():
-                if grade["kind"] == "autograded" and grade["auto_score"]:
-                    grade["in_kernel_score"], grade["auto_score"] = grade["auto_score"], 0.0
-                    grade["reason"] = reason
-                if grade["kind"] == "autograded" and grade_id in cells:
-                    _annotate(cells[grade_id], f"Not counted: {reason}\n")
+        result.flags += [f"{name}: {r}" for r in suspicious_code(written)]
+        grades = [p for p in result.parts if p.notebook == name and p.kind == "autograded"]
+        ids = sorted(backed_ids(problem_set) & {p.grade_id for p in grades})
+        check = recheck_notebook(nb, problem_set, host, salt=task.salt, call_timeout=task.cell_timeout,
+                                 timeout=task.recheck_timeout, grade_ids=ids,
+                                 course=course_cells(nbformat.read(source, as_version=4))) if ids else None
+        result.flags += score_with_recheck(name, nb, grades, check)
+        if check is not None:
+            result.timings[f"recheck_{name}"] = round(check.seconds, 3)
         nbformat.write(nb, nb_path)
 
-    result.update(status="graded", reason="", autograded_dir=str(autograded),
-                  seconds=round(time.monotonic() - started, 2))
-    return result
 
-
-def run_job(job_path: Path) -> None:
-    """Grade the job at ``job_path`` and write its result file (atomically)."""
-    job = json.loads(Path(job_path).read_text())
+def backed_ids(problem_set: str) -> set[str]:
+    """grade_ids of the problem set's Parts (empty for a set the registry does not know)."""
+    from .parts import parts_of
     try:
-        result = grade_submission(job)
-    except Exception:
-        result = {"status": "infrastructure", "reason": "worker crashed: " + traceback.format_exc()[-1500:],
-                  "student": job.get("student"), "problem_set": job.get("problem_set")}
-    out = Path(job["result_path"])
-    out.with_suffix(".tmp").write_text(json.dumps(result, indent=1, default=str))
-    os.replace(out.with_suffix(".tmp"), out)
+        return {p.grade_id for p in parts_of(problem_set)}
+    except KeyError:
+        return set()
 
 
-def _warm_up(torch: bool) -> None:
-    """Pay once per worker, before the first job arrives (the orchestrator seeds the gradebooks
-    meanwhile): import nbgrader's API and the preprocessors, and start the re-check fork server (its
-    preload of numpy and the course package, plus torch if the problem set uses it). Nothing here
-    touches a course; a failure is left for the first job to meet and report."""
-    try:
-        import multiprocessing.forkserver
+def score_with_recheck(name: str, nb, grades: list[PartGrade], check) -> list[str]:
+    """Set each autograded cell's score from its in-kernel score and the re-check's verdict; annotate
+    the cells in ``nb``; return review flags. The rule (the grader's and the self-check's):
 
-        import nbformat  # noqa: F401
-        from nbgrader.api import Gradebook  # noqa: F401
-        from nbgrader.apps import NbGraderAPI  # noqa: F401
-
-        from . import preprocessors, sandbox  # noqa: F401
-        sandbox._forkserver(torch=torch)
-        multiprocessing.forkserver.ensure_running()
-    except Exception:
-        pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``worker JOB.json`` grades one job; ``worker --serve [--memory-mb N --cpu-seconds N --file-mb N]
-    [MODULE ...]`` grades the job paths read from stdin, one per line, until stdin closes: a long-lived
-    worker pays for importing nbgrader and the Parts once, and forks its kernels from a zygote that has
-    imported ``MODULE ...`` and is capped by those limits (so no kernel can exceed them)."""
-    global _ZYGOTE
-    from .startup import skip_unused_format_checkers
-    skip_unused_format_checkers()
-    args = argv if argv is not None else sys.argv[1:]
-    if args and args[0] == "--serve":
-        from .limits import Limits
-        limits, modules = Limits.from_args(args[1:])
-        _ZYGOTE = _Zygote(modules, (limits or Limits()).to_args())
-        _ZYGOTE.ensure_running()  # imports its modules while this worker warms up
-        try:
-            _warm_up(torch="torch" in modules)
-            for line in sys.stdin:
-                if line.strip():
-                    run_job(Path(line.strip()))
-        finally:
-            _ZYGOTE.close()
-        return 0
-    run_job(Path(args[0]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    - a cell the kernel ran keeps its in-kernel score only if the re-check confirms it;
+    - a cell the kernel did not reach (time budget spent, kernel died) is scored by the re-check alone;
+    - a cell no Part backs keeps its in-kernel score, flagged "not confirmed outside the kernel".
+    """
+    flags = []
+    cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
+    for grade in grades:
+        cell = cells.get(grade.grade_id)
+        meta = cell.metadata.get("normcourse", {}) if cell is not None else {}
+        grade.ran = "not_run" not in meta
+        if not grade.ran:
+            grade.in_kernel = None
+        verdict = check.parts.get(grade.grade_id) if check is not None else None
+        if verdict is None:
+            grade.score = grade.in_kernel or 0.0
+            grade.reason = meta.get("not_run", "")
+            flags.append(f"{name}/{grade.grade_id}: not confirmed outside the kernel (no Part backs it)")
+            continue
+        grade.recheck = verdict.passed
+        grade.broken_rules = list(verdict.broken_rules)
+        if not verdict.passed:
+            grade.score, grade.reason = 0.0, f"out-of-kernel re-check failed: {verdict.message}"
+        elif grade.ran:
+            grade.score = grade.in_kernel or 0.0
+            grade.reason = "" if grade.score >= grade.max_score else "the test failed in your notebook"
+        else:
+            grade.score, grade.reason = grade.max_score, f"scored by the re-check alone ({meta['not_run']})"
+        flags += [f"{name}/{grade.grade_id}: broke rule {rule}" for rule in verdict.broken_rules]
+        if cell is not None:
+            _annotate(cell, "Re-check outside your kernel: passed\n" if verdict.passed
+                      else f"Re-check outside your kernel: FAILED: {verdict.message}\n")
+    for index, cell in enumerate(nb.cells):
+        meta = cell.metadata.get("normcourse", {})
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id", f"cell {index}")
+        if meta.get("output_truncated"):
+            flags.append(f"{name}/{gid}: output truncated ({meta['output_truncated']} bytes dropped)")
+        if meta.get("kernel_died"):
+            flags.append(f"{name}/{gid}: the kernel died while running this cell")
+    if check is not None and check.forbidden:
+        flags.append(f"{name}: tried forbidden modules: " + ", ".join(sorted({a['module'] for a in check.forbidden})))
+    return flags

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..reference.batchnorm_practice import fuse_linear_bn_weights
 from .experiments import GhostBatchNorm2d
-from .models import DigitsData, load_digits_tensors, mlp
+from .models import DigitsData, mlp
 
 __all__ = ["StackedLinear", "PerSeed", "BatchRenorm1d", "stacked_mlp", "member", "freeze_batch_norm",
            "fold_batch_norm", "EpochSampler", "ClassSampler", "StackedHistory", "train_stacked",
