@@ -2,6 +2,7 @@
 
 Usage (from the repository root, with the course's environment)::
 
+    python scripts/sphinx_ext/translations.py sync            # after a merge: update, then check (one extraction)
     python scripts/sphinx_ext/translations.py update          # after changing English text
     python scripts/sphinx_ext/translations.py check [PAGE...]  # what the test checks, page by page
     python scripts/sphinx_ext/translations.py stats           # messages and translated messages per page
@@ -135,12 +136,44 @@ def write_generated_pot(path: Path):
         write_po(handle, catalog, width=100)
 
 
-def update(language: str) -> dict:
-    """Merge the English book's current messages into the catalogs of ``language``."""
+def update(language: str, potdir: Path | None = None) -> dict:
+    """Merge the English book's current messages into the catalogs of ``language``.
+
+    ``potdir``: messages already extracted (with or without source locations); by default they are
+    extracted afresh. The catalogs never hold source locations (a moved paragraph is not a change).
+    """
     from sphinx_intl.basic import update as intl_update
 
-    potdir = extract(BUILD / "gettext")
+    if potdir is None:
+        potdir = extract(BUILD / "gettext")
+    else:
+        copy = BUILD / "gettext"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(potdir, copy)
+        potdir = copy
+        for pot in potdir.rglob("*.pot"):
+            _drop_locations(pot)
     return intl_update(str(LOCALES), str(potdir), (language,), line_width=100, ignore_obsolete=True, jobs=1)
+
+
+def _drop_locations(pot: Path):
+    from babel.messages.pofile import write_po
+
+    catalog = read_catalog(pot)
+    for entry in catalog:
+        entry.locations = []
+    with pot.open("wb") as handle:
+        write_po(handle, catalog, width=100, omit_header=False)
+
+
+def sync(language: str, pages: list[str] | None = None) -> list[Problem]:
+    """``update`` then ``check`` from one extraction of the English messages (what to run after a merge)."""
+    with tempfile.TemporaryDirectory() as potdir:
+        potdir = extract(Path(potdir), locations=True)
+        result = update(language, potdir)
+        changed = {key: value for key, value in result.items() if value}
+        print(f"catalogs of {language}: {changed}")
+        return check_catalogs(potdir, language, pages)
 
 
 def build(language: str) -> int:
@@ -333,6 +366,12 @@ def _fields(text: str) -> Counter:
     return Counter(re.findall(r"(?<!\{)\{([A-Za-z_]\w*|\d*)(?:[!:][^{}]*)?\}(?!\})", ROLE.sub(" ", text)))
 
 
+def _as_formatted(template: str) -> str:
+    """A str.format template as it reads once formatted: each field a placeholder word, braces undoubled."""
+    text = re.sub(r"(?<!\{)\{([A-Za-z_]\w*|\d*)(?:[!:][^{}]*)?\}(?!\})", lambda m: f"FIELD{m.group(1)}", template)
+    return text.replace("{{", "{").replace("}}", "}")
+
+
 def _only_names(text: str) -> bool:
     words = re.findall(r"[A-Za-z][\w'-]*", prose_of(text))
     return all(word[0].isupper() or not word.isalpha() for word in words)
@@ -353,6 +392,11 @@ def check_message(message: Message, entry, terms: list[Term], generated: bool = 
     if entry is None or not chinese.strip():
         return ["untranslated"]
     problems = []
+    raw_english, raw_chinese = english, chinese
+    if generated:
+        # A template's roles, code spans and links are those of the text str.format makes of it: a field
+        # followed by a backquote ("`{path}`") is not a role, "{{doc}}" is one.
+        english, chinese = _as_formatted(english), _as_formatted(chinese)
     if entry.fuzzy:
         previous = " ".join(entry.previous_id) if entry.previous_id else ""
         problems.append("fuzzy: the English changed since this was translated; update the translation and "
@@ -379,9 +423,9 @@ def check_message(message: Message, entry, terms: list[Term], generated: bool = 
     missing_numbers = _numbers(english) - _numbers(chinese)
     if missing_numbers:
         problems.append(f"numbers of the English missing from the translation: {_tokens(missing_numbers)}")
-    if generated and _fields(english) != _fields(chinese):
-        problems.append(f"template fields differ: English {sorted(_fields(english))}, "
-                        f"translation {sorted(_fields(chinese))}")
+    if generated and _fields(raw_english) != _fields(raw_chinese):
+        problems.append(f"template fields differ: English {sorted(_fields(raw_english))}, "
+                        f"translation {sorted(_fields(raw_chinese))}")
     exempt = _exempt_terms(entry)
     english_prose, chinese_prose = prose_of(english), prose_of(chinese)
     for term in terms:
@@ -479,10 +523,10 @@ def statistics(language: str) -> dict[str, tuple[int, int]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("update", "check", "stats", "build"):
+    for name in ("sync", "update", "check", "stats", "build"):
         command = sub.add_parser(name)
         command.add_argument("--language", default=None, help="default: the first translated edition")
-        if name == "check":
+        if name in ("check", "sync"):
             command.add_argument("pages", nargs="*", help="only these pages (e.g. chapters/05_jacobian_bounds)")
     args = parser.parse_args(argv)
     language = args.language or translated_languages()[0]
@@ -497,8 +541,11 @@ def main(argv=None) -> int:
             print(f"{page:<45} {done:>5} / {total:<5}")
         print(f"{'total':<45} {sum(d for _, d in stats.values()):>5} / {sum(t for t, _ in stats.values()):<5}")
     else:
-        with tempfile.TemporaryDirectory() as potdir:
-            problems = check_catalogs(extract(Path(potdir), locations=True), language, args.pages or None)
+        if args.command == "sync":
+            problems = sync(language, args.pages or None)
+        else:
+            with tempfile.TemporaryDirectory() as potdir:
+                problems = check_catalogs(extract(Path(potdir), locations=True), language, args.pages or None)
         for problem in problems:
             print(problem, end="\n\n")
         print(f"{len(problems)} problems")
