@@ -225,6 +225,7 @@ def translate(env_or_app, text: str) -> str:
 GLUED_PHRASES = [
     message("{} more time than LayerNorm", "chapter 4, glued: the time of RMSNorm relative to LayerNorm's"),
     message("{} less time than LayerNorm", "chapter 4, glued: the time of RMSNorm relative to LayerNorm's"),
+    message("{} to {}", "chapter 8, glued: a range, the squared weight norm at the start and at the end"),
 ]
 _NOT_WORDS = re.compile(r"\b(?:nan|inf|e[+-]?\d+)\b", re.IGNORECASE)
 

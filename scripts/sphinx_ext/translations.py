@@ -363,7 +363,8 @@ def _numbers(text: str) -> Counter:
 
 
 def _fields(text: str) -> Counter:
-    return Counter(re.findall(r"(?<!\{)\{([A-Za-z_]\w*|\d*)(?:[!:][^{}]*)?\}(?!\})", ROLE.sub(" ", text)))
+    # In a template a role is written "{{doc}}`...`", so every single-braced name is a field.
+    return Counter(re.findall(r"(?<!\{)\{([A-Za-z_]\w*|\d*)(?:[!:][^{}]*)?\}(?!\})", text))
 
 
 def _as_formatted(template: str) -> str:
@@ -420,6 +421,10 @@ def check_message(message: Message, entry, terms: list[Term], generated: bool = 
             if extra:
                 parts.append(f"has {_tokens(extra)} that the English does not")
             problems.append(f"{label} changed: " + "; ".join(parts))
+    if message.heading and re.match(r"\s*(?:\d+[.)]|[-*+>])\s", chinese):
+        # The translation is parsed as Markdown on its own: "1. 发布" would be a list, not the heading's text.
+        problems.append("a heading's translation that starts like a list item is parsed as a list and not "
+                        "applied; escape it: '1\\. ...'")
     missing_numbers = _numbers(english) - _numbers(chinese)
     if missing_numbers:
         problems.append(f"numbers of the English missing from the translation: {_tokens(missing_numbers)}")

@@ -122,6 +122,30 @@ def test_substitutions_must_survive():
     assert any(p.startswith("substitution changed") for p in _check("Version {{ version }}.", "版本 {{ 版本 }}。"))
 
 
+def test_a_numbered_heading_must_not_read_as_a_list():
+    # Sphinx parses each translation as Markdown on its own: "1. 发布" is a list, and the heading would
+    # stay in English (the build warns only then); "1\\. 发布" is the heading's text.
+    heading = translations.Message("instructor", "1. Release", 83, heading=True)
+    problems = translations.check_message(heading, _entry("1. 发布"), [])
+    assert any("parsed as a list" in p for p in problems), problems
+    assert translations.check_message(heading, _entry("1\\. 发布"), []) == []
+    paragraph = translations.Message("instructor", "1. Release", 83, heading=False)
+    assert translations.check_message(paragraph, _entry("1. 发布"), []) == []
+
+
+def test_a_template_is_checked_as_it_reads_once_formatted():
+    # "`{path}`): fill in ... `YOUR CODE HERE`" is no role named "path"; "{{doc}}`/self_check`" is a role.
+    english = "{{download}}`Download {name} </{path}>` (the repository's `{path}`): fill in `YOUR CODE HERE`."
+    good = "{{download}}`下载 {name} </{path}>`（仓库中的 `{path}`）：填写 `YOUR CODE HERE`。"
+    message = translations.Message("_generated", english)
+    assert translations.check_message(message, _entry(good), [], generated=True) == []
+    lost_role = good.replace("{{download}}`下载 {name} </{path}>`", "下载 {name}")
+    assert any(p.startswith("role changed") for p in translations.check_message(message, _entry(lost_role), [], generated=True))
+    lost_field = good.replace("（仓库中的 `{path}`）", "")
+    assert any(p.startswith("template fields differ")
+               for p in translations.check_message(message, _entry(lost_field), [], generated=True))
+
+
 def test_a_fuzzy_translation_fails_and_shows_the_earlier_english():
     problems = _check("The norm is one.", "范数为一。", fuzzy=True, previous=["The norm is two."])
     assert problems and problems[0].startswith("fuzzy") and "The norm is two." in problems[0]
