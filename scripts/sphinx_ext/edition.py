@@ -299,6 +299,8 @@ class TranslationReport(SphinxTransform):
         strings = dict(getattr(catalog, "_catalog", {}) or {}) if has_catalog else {}
         counts, untranslated = Counter(), []
         for node, msg in extract_messages(self.document):
+            if _in_front_matter(node):
+                continue  # the notebook's front matter (jupytext, kernelspec): metadata, never shown as text
             counts["messages"] += 1
             if node.get("translated"):
                 counts["translated"] += 1
@@ -311,6 +313,16 @@ class TranslationReport(SphinxTransform):
         report = self.env.__dict__.setdefault("book_translation_report", {})
         report[self.env.docname] = {"messages": counts["messages"], "translated": counts["translated"],
                                     "untranslated": untranslated}
+
+
+def _in_front_matter(node) -> bool:
+    """In the page's front matter: MyST makes it a field list at the top of the document, which becomes the
+    docinfo (after this transform) that Sphinx takes out of the page; it is never shown, nor extracted."""
+    while node is not None:
+        if isinstance(node, (nodes.docinfo, nodes.field_list)) and isinstance(node.parent, nodes.document):
+            return True
+        node = node.parent
+    return False
 
 
 def _purge_report(app, env, docname):
