@@ -105,7 +105,11 @@ class MarkUntranslatable(SphinxTransform):
         for term in self.document.findall(nodes.term):
             term["translatable"] = False
         for table in self.document.findall(nodes.table):
-            if CJK.search(table.astext()):
+            # A bilingual table (the glossary's English | 中文) is not translated. Only the table's own
+            # text counts: a problem-set table's header and labels come translated from _generated.po.
+            own = (element.astext() for element in table.findall(nodes.TextElement)
+                   if element.get("translatable", True))
+            if any(CJK.search(text) for text in own):
                 _untranslatable(table)
         for node, message in list(extract_messages(self.document)):
             if isinstance(node, nodes.TextElement) and not has_words(message):
