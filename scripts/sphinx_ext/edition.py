@@ -319,6 +319,39 @@ class TranslationReport(SphinxTransform):
                                     "untranslated": untranslated}
 
 
+class TranslateTocCaptions(SphinxTransform):
+    """Translate the captions of the table of contents ("Chapters", "Problem sets") in a translated build.
+
+    sphinx-external-toc inserts the toctree nodes at priority 100, after Sphinx's Locale transform (20),
+    so Sphinx never translates their captions (the gettext builder still extracts them into the root
+    page's catalog): without this the sidebar of every Chinese page showed the English captions.
+    """
+
+    default_priority = 101  # after sphinx_external_toc's InsertToctrees (100)
+
+    def apply(self, **kwargs):
+        from sphinx import addnodes
+        from sphinx.locale import init as init_locale
+        from sphinx.util.i18n import docname_to_domain
+
+        editions = _editions(self.config)
+        if not self.config.language or self.config.language == next(iter(editions), "en"):
+            return
+        toctrees = [node for node in self.document.findall(addnodes.toctree) if node.get("rawcaption")]
+        if not toctrees:
+            return
+        domain = docname_to_domain(self.env.docname, self.config.gettext_compact)
+        dirs = [str(Path(self.env.srcdir, folder)) for folder in self.config.locale_dirs]
+        catalog, has_catalog = init_locale(dirs, self.config.language, domain)
+        if not has_catalog:
+            return
+        for toctree in toctrees:
+            caption = toctree["rawcaption"]
+            translated = catalog.gettext(caption)
+            if translated and translated != caption:
+                toctree.apply_translated_message(caption, translated)
+
+
 def _in_front_matter(node) -> bool:
     """In the page's front matter: MyST makes it a field list at the top of the document, which becomes the
     docinfo (after this transform) that Sphinx takes out of the page; it is never shown, nor extracted."""
@@ -363,6 +396,7 @@ def setup(app):
     app.connect("config-inited", _translate_config)
     app.add_transform(MarkUntranslatable)
     app.add_transform(TranslationReport)
+    app.add_transform(TranslateTocCaptions)
     app.add_post_transform(TranslateGluedPhrases)
     app.connect("env-purge-doc", _purge_report)
     app.connect("env-merge-info", _merge_report)

@@ -407,3 +407,18 @@ def test_translated_problem_set_page_lists_the_same_release(built_site, folder, 
     english_left = [text(mine) for theirs, mine in zip(english.rows[1:], translated.rows[1:])
                     if text(mine) == text(theirs)]
     assert not english_left, f"{folder}/problem_sets/{name}.html: table cells left in English: {english_left[:3]}"
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_translated_sidebar_shows_translated_captions(built_site, folder):
+    """The table of contents' captions ("Chapters", "Problem sets") in the sidebar of every translated page.
+
+    sphinx-external-toc adds the toctree after Sphinx's translation step; edition.TranslateTocCaptions
+    translates the captions from the root page's catalog."""
+    caption = re.compile(r'caption-text">([^<]*)<')
+    english = caption.findall((built_site / f"{toc_pages()[0]}.html").read_text(encoding="utf-8"))
+    assert english, "no toctree captions on the English root page"
+    for page in toc_pages():
+        translated = caption.findall((built_site / folder / f"{page}.html").read_text(encoding="utf-8"))
+        assert len(translated) == len(english) and not set(translated) & set(english), \
+            f"{folder}/{page}.html: sidebar captions {translated}, English {english}"
