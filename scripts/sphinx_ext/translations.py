@@ -6,6 +6,8 @@ Usage (from the repository root, with the course's environment)::
     python scripts/sphinx_ext/translations.py update          # after changing English text
     python scripts/sphinx_ext/translations.py check [PAGE...]  # what the test checks, page by page
     python scripts/sphinx_ext/translations.py stats           # messages and translated messages per page
+    python scripts/sphinx_ext/translations.py todo FILE       # untranslated and fuzzy messages into one file
+    python scripts/sphinx_ext/translations.py apply FILE      # ... and, translated there, into the catalogs
     python scripts/sphinx_ext/translations.py build           # the translated editions (build_book.sh)
 
 ``update`` extracts every message of the English book with Sphinx's gettext builder (through
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import io
+import json
 import re
 import shutil
 import sys
@@ -524,18 +527,88 @@ def statistics(language: str) -> dict[str, tuple[int, int]]:
 
 
 # ---------------------------------------------------------------------------------------------------
+# A work list for the translator: every untranslated or fuzzy message in one text file, and back.
+
+WORK_ENTRY = re.compile(r"^### (\d+) (\S+)(?: FUZZY)?\n", re.MULTILINE)
+
+
+def write_todo(language: str, path: Path, pages: list[str] | None = None) -> int:
+    """Write the untranslated and fuzzy messages of ``language`` to ``path``; the number written.
+
+    Each message is a block ``### N page [FUZZY]`` followed by its English (a fuzzy one also shows its
+    old translation, on lines starting ``OLD:``). Replace each block's text by its translation (keep
+    the ``### N page`` line, drop the English and ``OLD:`` lines) and run ``apply``.
+    """
+    blocks = []
+    for po in sorted(catalog_dir(language).rglob("*.po")):
+        page = po.relative_to(catalog_dir(language)).with_suffix("").as_posix()
+        if pages and page not in pages:
+            continue
+        for entry in read_catalog(po):
+            if entry.id and (not entry.string or entry.fuzzy):
+                head = f"### {len(blocks) + 1} {page}{' FUZZY' if entry.fuzzy else ''}\n"
+                old = "".join(f"OLD: {line}\n" for line in entry.string.splitlines()) if entry.fuzzy else ""
+                blocks.append(head + old + entry.id + "\n")
+    Path(path).write_text("\n".join(blocks), encoding="utf-8")
+    index = Path(str(path) + ".json")
+    index.write_text(json.dumps([block.split("\n", 1) for block in blocks], ensure_ascii=False), encoding="utf-8")
+    return len(blocks)
+
+
+def apply_todo(language: str, path: Path) -> int:
+    """Put the translations written into a ``todo`` file into the catalogs; the number applied."""
+    from sphinx_intl.catalog import dump_po
+
+    original = {}
+    for head, body in json.loads(Path(str(path) + ".json").read_text(encoding="utf-8")):
+        number, page = WORK_ENTRY.match(head + "\n").groups()
+        original[number] = (page, "\n".join(line for line in body.rstrip("\n").split("\n")
+                                             if not line.startswith("OLD: ")))
+    text = Path(path).read_text(encoding="utf-8")
+    parts = WORK_ENTRY.split(text)
+    by_page: dict[str, dict[str, str]] = {}
+    for number, page, translation in zip(parts[1::3], parts[2::3], parts[3::3]):
+        if number not in original or original[number][0] != page:
+            raise ValueError(f"block ### {number} {page} is not in the work list {path}")
+        english = original[number][1]
+        translation = translation.strip("\n")
+        if translation and translation != english:
+            by_page.setdefault(page, {})[english] = translation
+    applied = 0
+    for page, translations in by_page.items():
+        po = catalog_dir(language) / f"{page}.po"
+        catalog = read_catalog(po)
+        for entry in catalog:
+            if entry.id in translations:
+                entry.string = translations.pop(entry.id)
+                entry.flags.discard("fuzzy")
+                entry.previous_id = []
+                applied += 1
+        if translations:
+            raise ValueError(f"{po}: no such message any more (run sync): {list(translations)[:1]}")
+        dump_po(str(po), catalog, line_width=100, ignore_obsolete=True)
+    return applied
+
+
+# ---------------------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("sync", "update", "check", "stats", "build"):
+    for name in ("sync", "update", "check", "stats", "build", "todo", "apply"):
         command = sub.add_parser(name)
         command.add_argument("--language", default=None, help="default: the first translated edition")
-        if name in ("check", "sync"):
+        if name in ("todo", "apply"):
+            command.add_argument("file", type=Path, help="the work list (todo writes it, apply reads it)")
+        if name in ("check", "sync", "todo"):
             command.add_argument("pages", nargs="*", help="only these pages (e.g. chapters/05_jacobian_bounds)")
     args = parser.parse_args(argv)
     language = args.language or translated_languages()[0]
-    if args.command == "update":
+    if args.command == "todo":
+        print(f"{write_todo(language, args.file, args.pages or None)} messages to translate in {args.file}")
+    elif args.command == "apply":
+        print(f"{apply_todo(language, args.file)} translations applied; now run check")
+    elif args.command == "update":
         print(update(language))
     elif args.command == "build":
         statuses = [build(language) for language in ([args.language] if args.language else translated_languages())]

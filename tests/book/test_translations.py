@@ -240,3 +240,27 @@ def test_one_chinese_term_per_concept():
     assert len(chinese) == len(set(chinese)), [c for c in chinese if chinese.count(c) > 1]
     renderings = {variant for term in terms for variant in term.variants}
     assert not renderings & set(chinese), renderings & set(chinese)
+
+
+def test_a_work_list_round_trips_new_and_fuzzy_messages_into_the_catalog(tmp_path, monkeypatch):
+    """translations.py todo/apply: the untranslated and fuzzy messages go out to one file and come back."""
+    page = "problem_sets/ps99_example"
+    catalog = Catalog(locale="zh_CN")
+    catalog.add("Check your work", "检查你的答案")
+    catalog.add("The notebook", "")
+    catalog.add("Parts and points\nof the set", "各部分", flags=["fuzzy"])
+    folder = tmp_path / "locales" / "zh_CN" / "LC_MESSAGES" / "problem_sets"
+    folder.mkdir(parents=True)
+    with (folder / "ps99_example.po").open("wb") as handle:
+        write_po(handle, catalog)
+    monkeypatch.setattr(translations, "LOCALES", tmp_path / "locales")
+    work = tmp_path / "todo.txt"
+    assert translations.write_todo("zh_CN", work) == 2
+    text = work.read_text(encoding="utf-8")
+    assert "Check your work" not in text and "OLD: 各部分" in text and f"### 2 {page} FUZZY" in text, text
+    work.write_text(f"### 1 {page}\n笔记本\n\n### 2 {page}\n各部分与分值\n", encoding="utf-8")
+    assert translations.apply_todo("zh_CN", work) == 2
+    entries = {entry.id: entry for entry in translations.read_catalog(folder / "ps99_example.po") if entry.id}
+    assert entries["The notebook"].string == "笔记本"
+    assert entries["Parts and points\nof the set"].string == "各部分与分值" and not entries["Parts and points\nof the set"].fuzzy
+    assert entries["Check your work"].string == "检查你的答案"
