@@ -6,7 +6,7 @@ registered with :func:`normcourse.grading.parts.register` that has a source note
 
 - :class:`NotebookRun` runs a solution notebook's *learner program* (every code cell except the
   autograded tests: imports, solutions, course-provided drivers; the same cells the grader's re-check
-  runs, :func:`normcourse.grading.sandbox.learner_program`) once, then replays the autograded cells
+  runs, :func:`normcourse.grading.recheck.learner_program`) once, then replays the autograded cells
   against it with any learner name replaced, and scores every cell the way the grader does: a cell
   keeps its points only if its test cell passes *and* its Part passes (:meth:`Part.check`).
 - :func:`names_under_test` says which learner-written names a Part grades: its function if the learner
@@ -134,10 +134,10 @@ class NotebookRun:
     program_errors: list = field(default_factory=list)
 
     def __post_init__(self):
-        from normcourse.grading.sandbox import learner_program
+        from normcourse.grading.recheck import learner_program
 
         self.namespace = {"__name__": f"notebook_{self.problem_set}", "get_ipython": lambda: _NoShell()}
-        for index, source in enumerate(learner_program(notebook(self.problem_set))):
+        for index, source in enumerate(learner_program(notebook(self.problem_set)).sources):
             error = self._exec(source, f"<{self.problem_set} program cell {index}>", self.namespace)
             if error:
                 self.program_errors.append(f"cell {index}: {error}")

@@ -55,11 +55,11 @@ class PartGrade:
     broken_rules: list[str] = field(default_factory=list)
 
 
-@dataclass
 #: The flag every report and export shows for a submission graded with ``--no-sandbox``.
 UNSANDBOXED_FLAG = "graded WITHOUT the sandbox (--no-sandbox)"
 
 
+@dataclass
 class GradeResult:
     """The outcome of grading one submission; see the module docstring."""
 
