@@ -3,6 +3,11 @@
 # cache when its code is unchanged) and any Sphinx warning -- a failing cell, a broken reference, a
 # missing citation, output on stderr -- fails the build.
 #
+# Two editions from one source: the English book at the root of _build/html, then the Chinese edition
+# in _build/html/zh/, built by Sphinx from the same pages with language=zh_CN and the translations in
+# locales/zh_CN/LC_MESSAGES/*.po. The Chinese build takes every chapter from the execution cache the
+# English build has just filled (it executes nothing; scripts/sphinx_ext/translations.py refuses to).
+#
 #   bash scripts/build_book.sh            set up .venv if needed, then build
 #   BOOK_SKIP_SETUP=1 bash scripts/build_book.sh   skip the set-up check (the tests use this)
 set -euo pipefail
@@ -44,19 +49,30 @@ echo "$inputs" > "$cache/.normcourse_inputs"
 
 # Strict clean: Sphinx repeats no warning for a page it does not re-read, so throw away the HTML and
 # the doctrees, but keep _build/.jupyter_cache (unchanged chapters are not re-executed).
-rm -rf _build/html _build/.doctrees _build/jupyter_execute
+rm -rf _build/html _build/.doctrees _build/jupyter_execute _build/zh
 
 log=_build/build.log
 start=$(date +%s)
 set +e
 .venv/bin/jupyter-book build . -W -n --keep-going 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+english_done=$(date +%s)
+# The translated editions (book_editions in _config.yml), whenever the English pages exist: with
+# --keep-going a build with warnings still writes every page, and one run then reports everything.
+if [ -f _build/html/index.html ]; then
+  echo "Building the translated editions from the execution cache..." | tee -a "$log"
+  "$PY" scripts/sphinx_ext/translations.py build 2>&1 | tee -a "$log"
+  translated_status=${PIPESTATUS[0]}
+  [ "$translated_status" -eq 0 ] || status=$translated_status
+fi
 set -e
-elapsed=$(( $(date +%s) - start ))
+end=$(date +%s)
+elapsed=$(( end - start ))
 
 echo
 echo "Chapter execution times (MyST-NB's record; a cached chapter shows the run that filled the cache):"
 "$PY" scripts/book_exec_times.py _build "$start" || true
+echo "English edition: $(( english_done - start )) s; translated editions: $(( end - english_done )) s."
 echo "Book build took ${elapsed} s."
 
 # Belt and braces: -W already turns warnings into a failing exit status; also refuse a log with any.
@@ -66,4 +82,4 @@ if [ "$status" -ne 0 ] || [ "$warnings" -ne 0 ]; then
   ls _build/html/reports 2>/dev/null | sed 's/^/  traceback: _build\/html\/reports\//' >&2 || true
   exit 1
 fi
-echo "Book built with zero warnings: open _build/html/index.html"
+echo "Book built with zero warnings: open _build/html/index.html (中文版: _build/html/zh/index.html)"

@@ -20,8 +20,9 @@ def _write_index(app, exception):
         favicon = f"_static/{Path(favicon).name}"  # where Sphinx copies a local favicon
     icon = f'<link rel="icon" href="{html.escape(favicon)}">\n' if favicon else ""
     title = html.escape(app.config.html_title or app.config.project)  # Jupyter Book sets html_title
+    lang = (app.config.language or "en").replace("_", "-")  # a translated edition is built with its language
     Path(app.outdir, "index.html").write_text(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<!DOCTYPE html>\n<html lang=\"{html.escape(lang)}\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{title}</title>\n{icon}"
         f'<meta http-equiv="Refresh" content="0; url={root}">\n</head>\n'
         f'<body><p><a href="{root}">{title}</a></p></body>\n</html>\n', encoding="utf-8")

@@ -22,6 +22,11 @@ chapters it goes with) around three directives that read the nbgrader *release*
   to ``problem_sets/ps07_batchnorm_practice.md``, and rewrite its title and prose. Nothing else.
 - ``problem-set-check``: how to run ``normcourse check`` on the notebook.
 
+In a translated edition (scripts/sphinx_ext/edition.py) the sentences and labels written here are
+templates translated from the ``_generated`` catalog (numbers, names and sizes filled in afterwards, so
+a new release never invalidates a translation); what comes from the notebook (section names, what a
+cell checks) is text of the page, translated in the page's own catalog.
+
 Each directive takes the set's name as an optional argument; by default it is the page's file name, so a
 new set needs only its page (``_toc.yml`` picks up ``problem_sets/ps*`` by a glob). Only releases are
 read: the path is always ``exercises/<name>/<name>.ipynb``, and nothing under ``solutions/`` is read or
@@ -40,10 +45,14 @@ from docutils import nodes
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
+from edition import message, translate
+
 RELEASE_FOLDER = "exercises"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 
-KIND_LABELS = {"visible": "visible test", "hidden": "hidden test", "manual": "hand-graded"}
+KIND_LABELS = {"visible": message("visible test", "problem-set table: kind of a graded cell"),
+               "hidden": message("hidden test", "problem-set table: kind of a graded cell"),
+               "manual": message("hand-graded", "problem-set table: kind of a graded cell")}
 
 _HEADING = re.compile(r"^#{2,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 # "(1 + 2 points)", "(written, 3 points)", "(graded by hand)": the table says this from the metadata.
@@ -220,20 +229,53 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def totals_markdown(parts: list[GradedPart]) -> str:
-    """The sentence under the table: the total and how it splits, as MyST Markdown."""
+TOTALS = message("**Total: {total} points**: {autograded} autograded ({visible} from visible tests, "
+                 "{hidden} from hidden tests).", "problem-set page: the sentence under the table, no hand-graded part")
+TOTALS_WITH_MANUAL = message("**Total: {total} points**: {autograded} autograded ({visible} from visible tests, "
+                             "{hidden} from hidden tests) and {manual} hand-graded.",
+                             "problem-set page: the sentence under the table")
+
+
+def _same(text: str) -> str:
+    return text
+
+
+def totals_markdown(parts: list[GradedPart], tr=_same) -> str:
+    """The sentence under the table: the total and how it splits, as MyST Markdown (``tr`` translates)."""
     visible = sum(part.points for part in parts if part.kind == "visible")
     hidden = sum(part.points for part in parts if part.kind == "hidden")
     manual = sum(part.points for part in parts if part.kind == "manual")
-    text = (f"**Total: {_number(visible + hidden + manual)} points**: {_number(visible + hidden)} autograded "
-            f"({_number(visible)} from visible tests, {_number(hidden)} from hidden tests)")
-    return text + (f" and {_number(manual)} hand-graded." if manual else ".")
+    return tr(TOTALS_WITH_MANUAL if manual else TOTALS).format(
+        total=_number(visible + hidden + manual), autograded=_number(visible + hidden), visible=_number(visible),
+        hidden=_number(hidden), manual=_number(manual))
 
 
-KINDS_EXPLAINED = (
+KINDS_EXPLAINED = message(
     "*Visible tests* are cells of the notebook: run them as you go. *Hidden tests* compare your functions "
     "with the course's reference on random and edge cases; `normcourse check` and the grader run them. "
-    "*Hand-graded* cells are written answers, graded by a person.")
+    "*Hand-graded* cells are written answers, graded by a person.", "problem-set page: after the totals")
+
+DOWNLOAD = message(
+    "{{download}}`Download {name}.ipynb </{path}>` ({size} kB), the notebook as the course releases it (the "
+    "repository's `{path}`): fill in the cells marked `YOUR CODE HERE` and `YOUR ANSWER HERE` and leave the "
+    "others as they are.", "problem-set page: the download link")
+
+CHECK = message("""\
+The notebook's tests import the course package `normcourse`, so work in the course's environment: clone
+the repository and run `bash scripts/setup.sh` once (it creates `.venv/`). The download above is the
+repository's `{path}`; work in that copy or in your own. Save the notebook, then run from the
+repository:
+
+```bash
+source .venv/bin/activate
+normcourse check {path}
+```
+
+(give the path of your copy if it lives elsewhere: the check identifies the problem set from the
+notebook itself, so a renamed copy works too). It runs your notebook in a fresh kernel, compares your
+functions with the reference on the grader's cases, and reports every row of the table above: PASS or
+FAIL with a message, and the hand-graded points it cannot judge. {{doc}}`/self_check` explains the report
+and what it means for a graded course; `--json` prints it as JSON.""", "problem-set page: how to check the notebook")
 
 
 class _ProblemSetDirective(SphinxDirective):
@@ -249,11 +291,19 @@ class _ProblemSetDirective(SphinxDirective):
         self.env.note_dependency(str(path))
         return name, path
 
-    def render(self, markdown: str) -> list[nodes.Node]:
+    def render(self, markdown: str, translatable: bool = True) -> list[nodes.Node]:
+        """Parse MyST Markdown. Text from a template is translated already (``translatable=False``): it is
+        kept out of the page's catalog."""
         container = nodes.container()
         self.state.nested_parse(StringList(markdown.splitlines(), source=self.env.docname), self.content_offset,
                                 container)
+        if not translatable:
+            for element in container.findall(nodes.TextElement):
+                element["translatable"] = False
         return container.children
+
+    def tr(self, template: str) -> str:
+        return translate(self.env, template)
 
 
 class ProblemSetDownload(_ProblemSetDirective):
@@ -263,10 +313,7 @@ class ProblemSetDownload(_ProblemSetDirective):
         name, path = self.problem_set()
         size_kb = max(1, round(path.stat().st_size / 1024))
         repo_path = f"{RELEASE_FOLDER}/{name}/{name}.ipynb"
-        return self.render(
-            f"{{download}}`Download {name}.ipynb </{repo_path}>` ({size_kb} kB), the notebook as the course "
-            f"releases it (the repository's `{repo_path}`): fill in the cells marked `YOUR CODE HERE` and "
-            f"`YOUR ANSWER HERE` and leave the others as they are.")
+        return self.render(self.tr(DOWNLOAD).format(name=name, path=repo_path, size=size_kb), translatable=False)
 
 
 class ProblemSetParts(_ProblemSetDirective):
@@ -278,7 +325,9 @@ class ProblemSetParts(_ProblemSetDirective):
     """
 
     # Relative widths, written into the HTML (the "colwidths-given" class).
-    COLUMNS = (("Graded cell", 42), ("What it checks", 47), ("Points", 11))
+    COLUMNS = ((message("Graded cell", "problem-set table: column header"), 42),
+               (message("What it checks", "problem-set table: column header"), 47),
+               (message("Points", "problem-set table: column header"), 11))
 
     def run(self):
         _, path = self.problem_set()
@@ -293,21 +342,23 @@ class ProblemSetParts(_ProblemSetDirective):
         head, body = nodes.thead(), nodes.tbody()
         group += head
         group += body
-        head += self._row([title for title, _ in self.COLUMNS])
+        head += self._row([self.tr(title) for title, _ in self.COLUMNS], translatable=(False, False, False))
         section = None
         for part in parts:
             if part.section != section and part.section:
                 body += self._row([f"**{part.section}**"], span=True)
             section = part.section
-            body += self._row([f"`{part.grade_id}` ({KIND_LABELS[part.kind]})", part.checks,
-                               _number(part.points)])
-        return [table, *self.render(totals_markdown(parts) + " " + KINDS_EXPLAINED)]
+            body += self._row([f"`{part.grade_id}` ({self.tr(KIND_LABELS[part.kind])})", part.checks,
+                               _number(part.points)], translatable=(False, True, False))
+        return [table, *self.render(totals_markdown(parts, self.tr) + " " + self.tr(KINDS_EXPLAINED),
+                                    translatable=False)]
 
-    def _row(self, cells: list[str], span: bool = False) -> nodes.row:
+    def _row(self, cells: list[str], span: bool = False, translatable=(True,)) -> nodes.row:
+        """A table row; ``translatable`` says, per cell, whether it is page text (from the notebook)."""
         row = nodes.row()
-        for text in cells:
+        for text, page_text in zip(cells, translatable):
             entry = nodes.entry(morecols=len(self.COLUMNS) - 1) if span else nodes.entry()
-            entry += self.render(text)
+            entry += self.render(text, page_text)
             row += entry
         return row
 
@@ -318,22 +369,7 @@ class ProblemSetCheck(_ProblemSetDirective):
     def run(self):
         name, _ = self.problem_set()
         repo_path = f"{RELEASE_FOLDER}/{name}/{name}.ipynb"
-        return self.render(f"""\
-The notebook's tests import the course package `normcourse`, so work in the course's environment: clone
-the repository and run `bash scripts/setup.sh` once (it creates `.venv/`). The download above is the
-repository's `{repo_path}`; work in that copy or in your own. Save the notebook, then run from the
-repository:
-
-```bash
-source .venv/bin/activate
-normcourse check {repo_path}
-```
-
-(give the path of your copy if it lives elsewhere: the check identifies the problem set from the
-notebook itself, so a renamed copy works too). It runs your notebook in a fresh kernel, compares your
-functions with the reference on the grader's cases, and reports every row of the table above: PASS or
-FAIL with a message, and the hand-graded points it cannot judge. {{doc}}`/self_check` explains the report
-and what it means for a graded course; `--json` prints it as JSON.""")
+        return self.render(self.tr(CHECK).format(path=repo_path), translatable=False)
 
 
 def setup(app):

@@ -43,6 +43,17 @@ def toc_pages():
     return pages
 
 
+def editions():
+    """The book's editions, source language first: language -> {folder, label, title} (``_config.yml``)."""
+    config = yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))
+    return dict(config["sphinx"]["config"]["book_editions"])
+
+
+def translated_folders():
+    """The site folders of the translated editions ("zh" for the Chinese one)."""
+    return [edition["folder"].strip("/") for edition in list(editions().values())[1:]]
+
+
 def released_problem_sets():
     """Names of the problem sets with a committed release, exercises/<name>/<name>.ipynb."""
     return sorted(folder.name for folder in RELEASES.iterdir()

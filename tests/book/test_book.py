@@ -10,7 +10,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from book_site import REPO, problem_set_pages, release_notebook, released_problem_sets, toc_pages
+from book_site import (BUILD, REPO, editions, problem_set_pages, release_notebook, released_problem_sets, toc_pages,
+                       translated_folders)
 
 pytestmark = pytest.mark.book
 
@@ -258,3 +259,166 @@ def test_favicon_is_configured_and_shipped(built_site):
     assert (REPO / favicon).is_file(), f"html.favicon names {favicon}, which does not exist"
     shipped = built_site / "_static" / (REPO / favicon).name
     assert shipped.is_file() and shipped.read_bytes() == (REPO / favicon).read_bytes(), f"{shipped} missing"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The translated editions (scripts/sphinx_ext/edition.py, translations.py): the same pages, built by
+# Sphinx from the same sources and the same executed notebooks, in _build/html/<folder>/.
+
+FOLDERS = translated_folders()
+
+
+class _PageFacts(HTMLParser):
+    """What a chapter page shows that must not depend on the language: glued numbers, images, code, math,
+    citations and links to other pages of the book."""
+
+    def __init__(self):
+        super().__init__()
+        self.glued, self.images, self.code, self.citations, self.math = [], [], [], [], []
+        self.lang = None
+        self._glue = self._code = self._math = 0
+        self._text, self._math_text = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        classes = (attrs.get("class") or "").split()
+        if tag == "html":
+            self.lang = attrs.get("lang")
+        if self._glue or "pasted-text" in classes:
+            self._glue += 1
+        if tag == "img" and attrs.get("src"):
+            self.images.append(attrs["src"].rsplit("/", 1)[-1])
+        if self._code or (tag == "div" and "cell_input" in classes):
+            self._code += 1
+        if self._math or (tag in ("div", "span") and "math" in classes):
+            self._math += 1
+        if tag == "a" and "bibliography.html#" in (attrs.get("href") or ""):
+            self.citations.append(attrs.get("title") or attrs["href"])  # the reference the citation shows
+
+    def handle_endtag(self, tag):
+        if self._math:
+            self._math -= 1
+            if not self._math:
+                self.math.append(" ".join("".join(self._math_text).split()))
+                self._math_text = []
+        if self._glue:
+            self._glue -= 1
+            if not self._glue:
+                self.glued.append("".join(self._text))
+                self._text = []
+        if self._code:
+            self._code -= 1
+            if not self._code:
+                self.code.append("".join(self._text))
+                self._text = []
+
+    def handle_data(self, data):
+        if self._math:
+            self._math_text.append(data)
+        if self._glue or self._code:
+            self._text.append(data)
+
+
+def _facts(path):
+    facts = _PageFacts()
+    facts.feed(path.read_text(encoding="utf-8"))
+    return facts
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_every_page_of_the_book_exists_in_every_edition(built_site, folder):
+    missing = [page for page in toc_pages() + ["genindex", "search", "index"]
+               if not (built_site / folder / f"{page}.html").is_file()]
+    assert not missing, f"pages without a {folder}/ edition: {missing}"
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+@pytest.mark.parametrize("page", toc_pages())
+def test_translated_page_shows_the_same_numbers_figures_code_and_math(built_site, folder, page):
+    """Built from the same executed notebook: every glued number, image, code cell, equation and citation
+    of the English page appears on the translated page (the text around them is all that differs)."""
+    english, translated = _facts(built_site / f"{page}.html"), _facts(built_site / folder / f"{page}.html")
+    language = next(lang for lang, edition in editions().items() if edition["folder"].strip("/") == folder)
+    assert translated.lang == language.replace("_", "-"), f"{folder}/{page}.html: <html lang={translated.lang!r}>"
+    # A glued phrase is translated ("48% more time than LayerNorm" -> "比 LayerNorm 多用 48% 的时间"):
+    # its numbers are what must be the same.
+    assert sorted(_glued_numbers(translated.glued)) == sorted(_glued_numbers(english.glued)), \
+        f"{folder}/{page}: glued values differ: {translated.glued} vs English {english.glued}"
+    assert translated.images == english.images, f"{folder}/{page}: images differ"
+    assert translated.code == english.code, f"{folder}/{page}: code cells differ"
+    # The same equations; a translation may write one twice where the English says "it" (the catalog check
+    # treats math as a set for the same reason).
+    assert set(translated.math) == set(english.math), (
+        f"{folder}/{page}: equations only in the translation {sorted(set(translated.math) - set(english.math))}, "
+        f"only in the English {sorted(set(english.math) - set(translated.math))}")
+    assert sorted(translated.citations) == sorted(english.citations), f"{folder}/{page}: citations differ"
+
+
+def _glued_numbers(glued):
+    return [number for text in glued for number in re.findall(r"[-+−]?\d+(?:\.\d+)?(?:e[-+]?\d+)?%?", text)]
+
+
+def _executions(doctrees):
+    import pickle
+
+    with (doctrees / "environment.pickle").open("rb") as handle:
+        env = pickle.load(handle)
+    return {docname: (data["exec_data"]["method"], data["exec_data"]["mtime"])
+            for docname, data in env.nb_metadata.items() if data.get("exec_data")}
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_translated_edition_reused_the_english_execution(built_site, folder):
+    """No chapter ran twice: the translated build took each notebook from the cache entry of the English run."""
+    english, translated = _executions(BUILD / ".doctrees"), _executions(BUILD / folder / ".doctrees")
+    assert set(english) == set(CHAPTERS) and translated == english, (english, translated)
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_translation_report_shows_every_message_translated(built_site, folder):
+    """The translated build's own count (edition.py): every message of every page replaced by its translation."""
+    import json
+
+    report = json.loads((BUILD / folder / "translation_report.json").read_text(encoding="utf-8"))
+    assert set(report) == set(toc_pages()), sorted(set(toc_pages()) ^ set(report))
+    untranslated = {page: [item["message"][:120] for item in data["untranslated"]]
+                    for page, data in report.items() if data["untranslated"]}
+    assert not untranslated, f"shown in English in {folder}/: {untranslated}"
+    assert all(data["messages"] == data["translated"] > 0 for data in report.values())
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+@pytest.mark.parametrize("name", PROBLEM_SETS)
+def test_translated_problem_set_page_lists_the_same_release(built_site, folder, name):
+    """The parts table of the translated page: the release's graded cells and points, translated headers."""
+    english, translated = _PartsTable(), _PartsTable()
+    english.feed((built_site / "problem_sets" / f"{name}.html").read_text(encoding="utf-8"))
+    translated.feed((built_site / folder / "problem_sets" / f"{name}.html").read_text(encoding="utf-8"))
+    assert len(translated.rows) == len(english.rows) and translated.rows[0] != english.rows[0], translated.rows[:1]
+    ids = [[row[0].split(" ")[0], row[2]] for row in english.rows[1:] if len(row) == 3]
+    assert [[row[0].split(" ")[0], row[2]] for row in translated.rows[1:] if len(row) == 3] == ids
+    page = (built_site / folder / "problem_sets" / f"{name}.html").read_text(encoding="utf-8")
+    assert "Graded cell" not in page and "autograded (" not in page, "English template text on the translated page"
+    # The notebook's own text in the table (section titles, what each cell checks) comes from the page's
+    # catalog: every such cell is in Chinese, not only the headers.
+    def text(row):
+        return row[1] if len(row) == 3 else row[0]
+
+    english_left = [text(mine) for theirs, mine in zip(english.rows[1:], translated.rows[1:])
+                    if text(mine) == text(theirs)]
+    assert not english_left, f"{folder}/problem_sets/{name}.html: table cells left in English: {english_left[:3]}"
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_translated_sidebar_shows_translated_captions(built_site, folder):
+    """The table of contents' captions ("Chapters", "Problem sets") in the sidebar of every translated page.
+
+    sphinx-external-toc adds the toctree after Sphinx's translation step; edition.TranslateTocCaptions
+    translates the captions from the root page's catalog."""
+    caption = re.compile(r'caption-text">([^<]*)<')
+    english = caption.findall((built_site / f"{toc_pages()[0]}.html").read_text(encoding="utf-8"))
+    assert english, "no toctree captions on the English root page"
+    for page in toc_pages():
+        translated = caption.findall((built_site / folder / f"{page}.html").read_text(encoding="utf-8"))
+        assert len(translated) == len(english) and not set(translated) & set(english), \
+            f"{folder}/{page}.html: sidebar captions {translated}, English {english}"

@@ -8,6 +8,12 @@ equation typeset by MathJax (an mjx-container in each math element, no MathJax e
 present. A full-page screenshot of each page goes to _build/screenshots/ for a human to look at.
 Each problem-set page's download link, clicked in the browser, delivers the committed release.
 
+Every page exists in each edition (English at the root, the Chinese edition under zh/) and gets the
+same checks; in addition each page declares its language (<html lang>) and has exactly one language
+switch, which leads to the same page in the other edition (and, being a same-origin link, must answer
+200). Screenshots of the Chinese pages need a CJK font (Debian's fonts-wqy-microhei, installed by
+scripts/setup.sh --browser), or every character is a box.
+
 Requests are watched through the Chrome DevTools Protocol (Network domain), not Playwright's request
 events or routing: Chromium fetches the favicon outside the page's request pipeline, so Playwright
 does not report that request, and with a route installed Chromium silently drops a failing favicon
@@ -29,7 +35,7 @@ from urllib.parse import unquote, urldefrag, urljoin, urlparse
 
 import pytest
 
-from book_site import BUILD, release_notebook, released_problem_sets, toc_pages
+from book_site import BUILD, editions, release_notebook, released_problem_sets, toc_pages
 
 pytestmark = pytest.mark.book
 
@@ -40,8 +46,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  # and fails (net::ERR_PROXY_CONNECTION_FAILED); 127.0.0.1 bypasses proxies implicitly.
                  "--proxy-server=http://127.0.0.1:9"]
 SCREENSHOTS = BUILD / "screenshots"
-# Every page of the table of contents plus the two pages Sphinx generates.
-PAGES = [f"{page}.html" for page in toc_pages()] + ["genindex.html", "search.html", "index.html"]
+# Every page of the table of contents plus the two pages Sphinx generates, in every edition.
+EDITIONS = {language: edition["folder"].strip("/") for language, edition in editions().items()}
+EDITION_PAGES = [f"{page}.html" for page in toc_pages()] + ["genindex.html", "search.html", "index.html"]
+PAGES = [f"{folder}/{page}" if folder else page for folder in EDITIONS.values() for page in EDITION_PAGES]
 PAGE_TIMEOUT_MS = 60_000
 # After the page has settled, how long requests still in flight (the favicon's, say) may take to finish.
 PENDING_REQUEST_TIMEOUT_S = 10
@@ -152,9 +160,12 @@ INSPECT_JS = """
       .filter(table => table.scrollWidth > table.parentElement.clientWidth + 1)
       .map(table => `${table.scrollWidth}px in ${table.parentElement.clientWidth}px`);
   const links = Array.from(document.querySelectorAll('a[href]')).map(a => a.href);
+  const languageSwitch = Array.from(document.querySelectorAll('a.language-switch'))
+      .filter(a => a.getClientRects().length > 0).map(a => [a.href, a.hreflang]);
   const ids = Array.from(document.querySelectorAll('[id], [name]')).map(n => n.id || n.getAttribute('name'));
   return {usesMathJax, mathCount: mathNodes.length, untypeset, mathErrors, undefinedMacros, brokenImages,
-          text: visible.innerText, links, ids, searchControls, icons, overflowingTables,
+          text: visible.innerText, links, ids, searchControls, icons, overflowingTables, languageSwitch,
+          lang: document.documentElement.lang,
           mathJaxReady: !usesMathJax || !!(window.MathJax && window.MathJax.startup &&
                                            window.MathJax.startup.document)};
 }
@@ -233,6 +244,14 @@ class NetworkRecord:
         return problems
 
 
+def _edition_of(page_path):
+    """(language, folder, the page's path within its edition) of a site path."""
+    for language, folder in reversed(EDITIONS.items()):  # the root edition last: it matches everything
+        if not folder or page_path.startswith(folder + "/"):
+            return language, folder, page_path[len(folder) + 1:] if folder else page_path
+    raise AssertionError(page_path)
+
+
 @pytest.mark.parametrize("page_path", PAGES)
 def test_page_renders_offline_and_completely(browser, site_url, link_checker, page_path):
     origin = urlparse(site_url).netloc
@@ -251,7 +270,7 @@ def test_page_renders_offline_and_completely(browser, site_url, link_checker, pa
         report = page.evaluate(INSPECT_JS)
         icons = page.evaluate(ICON_JS, report["icons"])
         network_problems = network.finish(page)
-        if page_path.startswith("chapters/") or page_path in {f"{p}.html" for p in toc_pages()}:
+        if _edition_of(page_path)[2] in {f"{p}.html" for p in toc_pages()}:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / page_path.replace("/", "__").replace(".html", ".png")),
                             full_page=True)
@@ -259,6 +278,15 @@ def test_page_renders_offline_and_completely(browser, site_url, link_checker, pa
         context.close()
     problems = network_problems + problems
 
+    # The edition: the page's language, and one switch to the same page in the other edition.
+    language, folder, in_edition = _edition_of(page_path)
+    if report["lang"] != language.replace("_", "-"):
+        problems.append(f"<html lang={report['lang']!r}>, expected {language.replace('_', '-')!r}")
+    if in_edition != "index.html":  # the redirect to the root page
+        expected = sorted((urljoin(site_url, f"{other}/{in_edition}" if other else in_edition), lang.replace("_", "-"))
+                          for lang, other in EDITIONS.items() if lang != language)
+        if sorted(map(tuple, report["languageSwitch"])) != expected:
+            problems.append(f"language switch {report['languageSwitch']}, expected {expected}")
     # The favicon: declared (else Chromium asks for /favicon.ico), served from here, and an image.
     if not report["icons"]:
         problems.append("no <link rel=icon>: the browser requests /favicon.ico, which the site does not have")
@@ -302,6 +330,14 @@ def test_page_renders_offline_and_completely(browser, site_url, link_checker, pa
                 problems.append(f"link {href}: no element with id {anchor!r}")
     problems = list(dict.fromkeys(problems))  # the same failure seen by two listeners counts once
     assert not problems, f"{page_path}:\n  " + "\n  ".join(problems)
+
+
+def test_a_cjk_font_is_installed_for_the_screenshots():
+    import subprocess
+
+    families = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True).stdout.strip()
+    assert families, ("no CJK font: the Chinese pages' screenshots would show boxes. "
+                      "Install one with `bash scripts/setup.sh --browser` (apt-get install fonts-wqy-microhei)")
 
 
 def test_every_built_page_is_opened_by_the_browser_test(built_site):
