@@ -26,12 +26,9 @@ def pytest_configure(config):
         "markers", "book: builds the Jupyter Book and checks it (strict build, headless Chromium)")
 
 
-def pytest_collection_modifyitems(config, items):
-    # With `pytest -n 2 --dist loadgroup` (scripts/test.sh) every book test runs on one worker: that
-    # worker builds the book while the other runs the rest of the suite, instead of both waiting.
-    for item in items:
-        if "tests/book/" in item.nodeid.replace("\\", "/") or item.nodeid.startswith("book/"):
-            item.add_marker(pytest.mark.xdist_group("book"))
+# With `pytest -n 2 --dist loadgroup` (scripts/test.sh), every test module that needs the built book is
+# marked xdist_group("book"): one worker builds the book and runs those tests while the other runs the
+# rest of the suite, instead of both waiting for the build.
 
 
 @dataclass
