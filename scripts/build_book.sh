@@ -54,7 +54,10 @@ rm -rf _build/html _build/.doctrees _build/jupyter_execute _build/zh
 log=_build/build.log
 start=$(date +%s)
 set +e
-.venv/bin/jupyter-book build . -W -n --keep-going 2>&1 | tee "$log"
+# Chapters missing from the cache run side by side first (one per core; Jupyter Book alone runs them
+# one after another), then the build takes them all from the cache.
+"$PY" scripts/execute_chapters.py 2>&1 | tee "$log"
+.venv/bin/jupyter-book build . -W -n --keep-going 2>&1 | tee -a "$log"
 status=${PIPESTATUS[0]}
 english_done=$(date +%s)
 # The translated editions (book_editions in _config.yml), whenever the English pages exist: with
