@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --browser
-# Two pytest workers (pytest-xdist): CI machines have 2 cores, and the book's build (one core, shared
-# by every worker through a lock) overlaps the grading tests; every book test goes to one worker. NORMCOURSE_TEST_WORKERS=0 runs serially.
-exec .venv/bin/python -m pytest -n "${NORMCOURSE_TEST_WORKERS:-2}" --dist loadgroup "$@"
+# Two pytest workers (pytest-xdist): CI machines have 2 cores, and the book's build (shared
+# by every worker through a lock) overlaps the grading tests; tests/conftest.py sends every test of the
+# built book to one worker. NORMCOURSE_TEST_WORKERS=0 runs serially.
+exec .venv/bin/python -m pytest -n "${NORMCOURSE_TEST_WORKERS:-2}" "$@"

@@ -26,11 +26,6 @@ def pytest_configure(config):
         "markers", "book: builds the Jupyter Book and checks it (strict build, headless Chromium)")
 
 
-# With `pytest -n 2 --dist loadgroup` (scripts/test.sh), every test module that needs the built book is
-# marked xdist_group("book"): one worker builds the book and runs those tests while the other runs the
-# rest of the suite, instead of both waiting for the build.
-
-
 @dataclass
 class BookBuild:
     returncode: int

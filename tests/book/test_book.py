@@ -13,7 +13,7 @@ import pytest
 from book_site import (BUILD, REPO, editions, problem_set_pages, release_notebook, released_problem_sets, toc_pages,
                        translated_folders)
 
-pytestmark = [pytest.mark.book, pytest.mark.xdist_group("book")]  # one worker builds (see conftest)
+pytestmark = pytest.mark.book
 
 SPHINX_PROBLEM = re.compile(r"(WARNING|ERROR|CRITICAL):")
 CHAPTERS = [page for page in toc_pages() if page.startswith("chapters/")]

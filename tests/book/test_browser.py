@@ -37,7 +37,7 @@ import pytest
 
 from book_site import BUILD, editions, release_notebook, released_problem_sets, toc_pages
 
-pytestmark = [pytest.mark.book, pytest.mark.xdist_group("book")]  # one worker builds (see conftest)
+pytestmark = pytest.mark.book
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
