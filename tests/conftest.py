@@ -17,14 +17,20 @@ settings.load_profile("course")
 # the rest of the suite, instead of both waiting for the same build. Every other test is its own scope,
 # so the rest is balanced test by test. (xdist's own --dist loadgroup cannot do this under pytest 9: it
 # renames node ids through an attribute pytest no longer reads.)
+# Likewise a module whose tests share one expensive module fixture (the red team grades all its hostile
+# submissions in one batch) runs on one worker, so that batch is graded once.
 BOOK_MODULES = ("tests/book/test_book.py", "tests/book/test_browser.py")
+SHARED_FIXTURE_MODULES = ("tests/grading/test_redteam.py", "tests/grading/test_postgres.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
-    class BookOnOneWorker(LoadScopeScheduling):
+    class SharedWorkOnOneWorker(LoadScopeScheduling):
         def _split_scope(self, nodeid):
-            return "book" if nodeid.startswith(BOOK_MODULES) else nodeid
+            if nodeid.startswith(BOOK_MODULES):
+                return "book"
+            module = nodeid.split("::", 1)[0]
+            return module if module in SHARED_FIXTURE_MODULES else nodeid
 
-    return BookOnOneWorker(config, log)
+    return SharedWorkOnOneWorker(config, log)
