@@ -340,3 +340,22 @@ def describe_call(call: dict) -> str:
             return f"{type(v).__name__} of {len(v)}"
         return repr(v)
     return ", ".join(f"{k}={short(v)}" for k, v in call.items())
+
+
+def modules_a_case_needs(case) -> set[str]:
+    """The modules that unpickling ``case``'s arguments imports (every class's and callable's module):
+    the sandboxed re-check loads cases with only numpy, torch and the set's provided modules."""
+    import pickle
+
+    modules: set[str] = set()
+
+    class Recorder(pickle.Pickler):
+        def reducer_override(self, obj):
+            module = getattr(obj, "__module__", None) if isinstance(obj, type) or callable(obj) else None
+            if module:
+                modules.add(module)
+            modules.add(type(obj).__module__)
+            return NotImplemented
+
+    Recorder(io.BytesIO()).dump((case.args, case.kwargs))
+    return modules

@@ -206,7 +206,7 @@ def test_attention_oracle_matches_the_formula():
 def test_case_arguments_need_no_course_module_but_the_provided_ones():
     """The re-check process that calls learner code has only numpy, torch and the provided modules: every
     object in a case (a model, a loss, a sublayer) must come from those."""
-    import pickle
+    from problem_notebooks import modules_a_case_needs
 
     from normcourse.grading.parts import provided_modules
 
@@ -214,18 +214,7 @@ def test_case_arguments_need_no_course_module_but_the_provided_ones():
         allowed = ("numpy", "torch", "builtins", "functools", "collections", "copyreg", "_codecs")
         allowed += provided_modules(part.problem_set)
         for case in part.make_cases():
-            modules = set()
-
-            class Recorder(pickle.Pickler):
-                def reducer_override(self, obj):
-                    module = getattr(obj, "__module__", None) if isinstance(obj, type) or callable(obj) else None
-                    if module:
-                        modules.add(module)
-                    modules.add(type(obj).__module__)
-                    return NotImplemented
-
-            import io
-            Recorder(io.BytesIO()).dump((case.args, case.kwargs))
+            modules = modules_a_case_needs(case)
             bad = {m for m in modules if not m.startswith(allowed)}
             assert not bad, f"{part.grade_id}, case {case.label!r}: its arguments need {sorted(bad)}"
 

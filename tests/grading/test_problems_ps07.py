@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import pickle
 import re
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from normcourse.grading.compare import GradingError  # noqa: E402
 from normcourse.grading.parts import get_part, parts_of, provided_modules  # noqa: E402
 from normcourse.grading.rules import NO_TORCH  # noqa: E402
 from normcourse.problems import ps07_batchnorm_practice as ps07  # noqa: E402
-from problem_notebooks import notebook_run, same_value  # noqa: E402
+from problem_notebooks import modules_a_case_needs, notebook_run, same_value  # noqa: E402
 from wrong.ps07_batchnorm_practice import (_evaluate_batch_norm_only, _evaluate_never_restores,  # noqa: E402
                                            _evaluate_no_grad_only, _evaluate_restores_model_mode, _freeze_mode_only,
                                            _freeze_norm_base, _freeze_whole_model_eval)
@@ -307,17 +306,7 @@ def test_correct_variants_pass(key, correct):
 def test_case_arguments_need_no_course_module():
     for part in ALL_PARTS:
         for case in part.make_cases():
-            modules = set()
-
-            class Recorder(pickle.Pickler):
-                def reducer_override(self, obj):
-                    module = getattr(obj, "__module__", None) if isinstance(obj, type) or callable(obj) else None
-                    if module:
-                        modules.add(module)
-                    modules.add(type(obj).__module__)
-                    return NotImplemented
-
-            Recorder(io.BytesIO()).dump((case.args, case.kwargs))
+            modules = modules_a_case_needs(case)
             allowed = ("numpy", "torch", "builtins", "collections", "copyreg", "_codecs")
             bad = {m for m in modules if not m.startswith(allowed)}
             assert not bad, f"{part.grade_id}, case {case.label!r}: its arguments need {sorted(bad)}"

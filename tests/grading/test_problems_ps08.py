@@ -23,9 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import io
 import math
-import pickle
 import re
 import time
 from pathlib import Path
@@ -44,6 +42,7 @@ from normcourse.grading.compare import GradingError  # noqa: E402
 from normcourse.grading.parts import get_part, parts_of, provided_modules  # noqa: E402
 from normcourse.grading.rules import NO_TORCH  # noqa: E402
 from normcourse.problems import ps08_normalization_free as ps08  # noqa: E402
+from problem_notebooks import modules_a_case_needs  # noqa: E402
 from wrong import ps08_normalization_free as wrong08  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -236,18 +235,7 @@ def test_case_arguments_need_no_course_module_but_the_provided_ones():
     allowed += provided_modules(PS)
     for part in PARTS:
         for case in part.make_cases():
-            modules = set()
-
-            class Recorder(pickle.Pickler):
-                def reducer_override(self, obj):
-                    if isinstance(obj, type) or callable(obj):
-                        module = getattr(obj, "__module__", None)
-                        if module:
-                            modules.add(module)
-                    modules.add(type(obj).__module__)
-                    return NotImplemented
-
-            Recorder(io.BytesIO()).dump((case.args, case.kwargs))
+            modules = modules_a_case_needs(case)
             bad = {m for m in modules if not m.startswith(allowed)}
             assert not bad, f"{part.grade_id}, case {case.label!r}: its arguments need {sorted(bad)}"
 
