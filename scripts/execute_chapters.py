@@ -18,6 +18,7 @@ most 4, or ``NORMCOURSE_BOOK_JOBS``).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -28,6 +29,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "_build" / ".jupyter_cache"
+
+
+@functools.cache
+def book_config() -> dict:
+    """The book's _config.yml (read once per process)."""
+    return yaml.safe_load((REPO / "_config.yml").read_text())
 
 
 def chapters() -> list[Path]:
@@ -54,8 +61,7 @@ def read_chapter(path: Path):
     from myst_nb.core.read import read_myst_markdown_notebook
     from myst_parser.config.main import MdParserConfig
 
-    config = yaml.safe_load((REPO / "_config.yml").read_text())
-    extensions = set((config.get("parse") or {}).get("myst_enable_extensions") or [])
+    extensions = set((book_config().get("parse") or {}).get("myst_enable_extensions") or [])
     return read_myst_markdown_notebook(path.read_text(encoding="utf-8"),
                                        config=MdParserConfig(enable_extensions=extensions),
                                        add_source_map=True, path=str(path))
@@ -81,8 +87,7 @@ def main() -> int:
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
 
-    config = yaml.safe_load((REPO / "_config.yml").read_text())
-    timeout = int((config.get("execute") or {}).get("timeout", 30))
+    timeout = int((book_config().get("execute") or {}).get("timeout", 30))
     cache = get_cache(str(CACHE))
     missing = []
     for path in chapters():
