@@ -328,19 +328,21 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         if n % b:
             raise ValueError(f"batch of {n} images cannot be split into groups of {b}")
         k = n // b
-        with torch.no_grad():
-            values = x.detach().reshape(k, b, c, h * w).transpose(1, 2).reshape(k, c, b * h * w)
-            count = values.shape[-1]
-            if count < 2:
-                raise ValueError("Expected more than 1 value per channel when training")
-            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * values.mean(-1).mean(0))
-            self.running_var.mul_(1 - self.momentum).add_(self.momentum * values.var(-1).mean(0))
-            self.num_batches_tracked.add_(1)
+        if b * h * w < 2:
+            raise ValueError("Expected more than 1 value per channel when training")
         # Put each group's channels side by side: (k, b, C, H, W) -> (b, k*C, H, W). One call to
         # F.batch_norm then computes k*C separate statistics over (b, H, W), i.e. one per group and channel.
         side_by_side = x.reshape(k, b, c, h, w).transpose(0, 1).reshape(b, k * c, h, w)
-        y = F.batch_norm(side_by_side, None, None, self.weight.repeat(k), self.bias.repeat(k),
-                         training=True, eps=self.eps)
+        # With momentum 1, F.batch_norm leaves in these buffers exactly the group means and unbiased
+        # group variances it computed anyway (a separate mean/var pass cost as much as the layer itself).
+        group_mean = torch.zeros(k * c, dtype=x.dtype)
+        group_var = torch.ones(k * c, dtype=x.dtype)
+        y = F.batch_norm(side_by_side, group_mean, group_var, self.weight.repeat(k), self.bias.repeat(k),
+                         training=True, momentum=1.0, eps=self.eps)
+        with torch.no_grad():
+            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * group_mean.reshape(k, c).mean(0))
+            self.running_var.mul_(1 - self.momentum).add_(self.momentum * group_var.reshape(k, c).mean(0))
+            self.num_batches_tracked.add_(1)
         return y.reshape(b, k, c, h, w).transpose(0, 1).reshape(n, c, h, w)
 
 
