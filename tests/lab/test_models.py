@@ -45,6 +45,17 @@ def test_digits_split_is_fixed_by_seed():
         load_digits_tensors(test_fraction=1.0)
 
 
+def test_digits_are_scikit_learns_bundled_digits():
+    # The file is read without importing sklearn; it must be exactly what sklearn's loader returns.
+    from sklearn.datasets import load_digits
+
+    images, labels = models._bundled_digits()
+    expected_images, expected_labels = load_digits(return_X_y=True)
+    np.testing.assert_array_equal(images, expected_images)
+    np.testing.assert_array_equal(labels, expected_labels)
+    assert images.dtype == np.float64 and images.shape == (1797, 64)
+
+
 # ---------------------------------------------------------------- builders
 @pytest.mark.parametrize("norm, norm_type", [(None, None), ("batch_norm", nn.BatchNorm1d),
                                              ("layer_norm", nn.LayerNorm)])

@@ -16,7 +16,10 @@ Contents:
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -37,6 +40,25 @@ class DigitsData(NamedTuple):
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+
+
+def _bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ``load_digits(return_X_y=True)``: float64 pixels (1797, 64) and integer labels.
+
+    The file scikit-learn ships is read directly: importing ``sklearn.datasets`` (and with it scipy)
+    takes 1.5 to 3 s, longer than all of some chapters' experiments. scikit-learn's own loader is the
+    fallback if its data folder has moved.
+    """
+    spec = importlib.util.find_spec("sklearn")                 # locates the package without importing it
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    csv = next((Path(f) / "datasets" / "data" / "digits.csv.gz" for f in folders
+                if (Path(f) / "datasets" / "data" / "digits.csv.gz").is_file()), None)
+    if csv is None:
+        from sklearn.datasets import load_digits
+        return load_digits(return_X_y=True)
+    with gzip.open(csv, "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(int)
 
 
 def load_digits_tensors(seed: int = 0, test_fraction: float = 0.2) -> DigitsData:
@@ -68,11 +90,9 @@ def load_digits_tensors(seed: int = 0, test_fraction: float = 0.2) -> DigitsData
     Reference: the UCI optical recognition of handwritten digits data, as shipped by scikit-learn
     (``sklearn.datasets.load_digits``).
     """
-    from sklearn.datasets import load_digits
-
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    images, labels = load_digits(return_X_y=True)
+    images, labels = _bundled_digits()
     order = np.random.default_rng(seed).permutation(len(labels))
     n_test = int(round(test_fraction * len(labels)))
     test, train_ = order[:n_test], order[n_test:]
@@ -471,9 +491,10 @@ def relu_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     r"""The input of every ``nn.ReLU`` of ``model`` on ``x``, in order: the pre-activations.
 
     For a hidden layer of :func:`mlp` this is :math:`\xi(\mathrm{Norm}(W h + b))`, the quantity whose
-    distribution Ioffe & Szegedy watch drift during training (their Figure 1). The forward pass runs on
-    a copy of the model in its current mode, so in training mode BatchNorm normalizes with the
-    statistics of ``x`` while the model's own running statistics and noise generators stay untouched.
+    distribution Ioffe & Szegedy watch drift during training (their Figure 1). The forward pass runs
+    in the model's current mode, so in training mode BatchNorm normalizes with the statistics of ``x``;
+    the running statistics and noise generators it touches are put back afterwards (cheaper than
+    running a deep copy, which cost as much as the measurement), so the model is left as it was.
 
     Args:
         model: the network (not modified).
@@ -486,12 +507,24 @@ def relu_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
         >>> [a.shape for a in relu_inputs(mlp(depth=2, width=16), torch.randn(5, 64))]
         [torch.Size([5, 16]), torch.Size([5, 16])]
     """
-    import copy
-
-    probe = copy.deepcopy(model)
+    buffers = [(b, b.clone()) for b in model.buffers()]            # running statistics and counters
+    generators = [(g, g.get_state()) for g in _noise_generators(model)]
     captured: list[torch.Tensor] = []
-    for module in probe.modules():
-        if isinstance(module, nn.ReLU):
-            module.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
-    probe(x)
+    hooks = [module.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
+             for module in model.modules() if isinstance(module, nn.ReLU)]
+    try:
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
+        for generator, state in generators:
+            generator.set_state(state)
     return captured
+
+
+def _noise_generators(model: nn.Module) -> list[torch.Generator]:
+    """The random generators the model's noise layers draw from (their state is part of the model's)."""
+    return [module.generator for module in model.modules()
+            if isinstance(getattr(module, "generator", None), torch.Generator)]
