@@ -3,9 +3,10 @@ r"""Training tiny Transformers on a toy task, several seeds and settings at once
 The warm-up experiment of chapter 6 trains a :class:`~normcourse.lab.transformer.TinyTransformer` to
 output the previous token of a random sequence, with Adam, with and without a learning-rate warm-up,
 for several placements and seeds. Models of the same layout (Post-LN, DeepNorm and Admin share one;
-Pre-LN and sandwich-LN have their own) are stacked into one batched model with
-:func:`torch.func.stack_module_state` and run through :func:`torch.vmap`, so a handful of tiny models
-costs little more than one: at this size the time goes into per-operation overhead, not arithmetic.
+Pre-LN and sandwich-LN have their own) are stacked (:func:`torch.func.stack_module_state`) and run
+as one batched model (:func:`stacked_logits`, batched matrix products over the models), so a handful
+of tiny models costs little more than one: at this size the time goes into per-operation overhead,
+not arithmetic.
 
 * :func:`adam_step`: Adam on stacked parameters with one learning rate per model (the same update as
   ``torch.optim.Adam``, which takes one learning rate per parameter group, not per slice of a tensor);
@@ -16,17 +17,18 @@ costs little more than one: at this size the time goes into per-operation overhe
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, stack_module_state
+from torch.func import stack_module_state
 
 from .transformer import TinyTransformer
 
-__all__ = ["AdamState", "adam_step", "previous_token_batch", "Run", "train_previous_token"]
+__all__ = ["AdamState", "adam_step", "previous_token_batch", "Run", "stacked_logits", "train_previous_token"]
 
 
 class AdamState(NamedTuple):
@@ -123,7 +125,7 @@ def train_previous_token(runs: Sequence[Run], steps: int = 150, lr: float = 3e-3
     starts from weights seeded by ``seed`` (Xavier initialization), and uses the learning rate
     :math:`\eta_t = \eta \min(1, t / T_{\text{warm-up}})` at step :math:`t = 1, 2, \dots` (constant
     :math:`\eta` without warm-up). Runs with the same parameter layout are trained as one batched
-    model (:func:`torch.func.stack_module_state`, :func:`torch.vmap`); a run's curve does not depend
+    model (:func:`torch.func.stack_module_state`, :func:`stacked_logits`); a run's curve does not depend
     on which other runs share its batch, up to float32 rounding.
 
     Args:
@@ -157,6 +159,81 @@ def train_previous_token(runs: Sequence[Run], steps: int = 150, lr: float = 3e-3
     return curves
 
 
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Every model's ``nn.Linear``: x (K, N, in), weight (K, out, in), bias (K, out) -> (K, N, out)."""
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """Every model's ``nn.LayerNorm`` over the last axis, with its own gain and bias (K, D)."""
+    return torch.addcmul(bias.unsqueeze(1), F.layer_norm(x, x.shape[-1:], eps=eps), weight.unsqueeze(1))
+
+
+def stacked_logits(base: TinyTransformer, weights: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    r"""The logits of :math:`K` models with ``base``'s layout, each with its own weights and tokens.
+
+    ``weights`` maps every name of ``base.state_dict()`` (parameters and the ``residual_scale``
+    buffers) to a tensor of shape :math:`(K, \ldots)` whose slice :math:`k` is model :math:`k`'s.
+    The forward pass is :class:`~normcourse.lab.transformer.TinyTransformer`'s, written with batched
+    matrix products over the models: the same arithmetic as :math:`K` separate calls (up to float32
+    rounding), at about the cost of one call on :math:`K` times the tokens. ``torch.vmap`` over
+    ``functional_call`` computes the same thing about 1.5 times slower at these sizes: its
+    per-operation overhead is what a tiny model's time goes into.
+
+    Supports LayerNorm, non-causal attention without QK-norm (what :func:`train_previous_token` builds).
+
+    Args:
+        base: a model of the layout (its own weights are not used; it may live on the meta device).
+        weights: stacked state, as :func:`torch.func.stack_module_state` gives for parameters and buffers.
+        tokens: integer tensor :math:`(K, B, S)`.
+
+    Returns:
+        logits :math:`(K, B, S, \text{vocab})`.
+    """
+    first = base.blocks[0]
+    if base.norm_kind != "layer_norm" or first.attn.causal or not isinstance(first.attn.q_norm, torch.nn.Identity):
+        raise ValueError("stacked_logits supports LayerNorm, non-causal attention without QK-norm")
+    k, b, s = tokens.shape
+    table = weights["token_embedding.weight"]
+    d = table.shape[-1]
+    heads, head_dim = first.attn.n_heads, first.attn.head_dim
+    x = torch.gather(table, 1, tokens.reshape(k, b * s, 1).expand(-1, -1, d))
+    x = x + weights["position_embedding.weight"][:, :s].repeat(1, b, 1)                 # (K, B*S, D)
+
+    def norm(h, name, module):
+        return _layer_norm(h, weights[name + ".weight"], weights[name + ".bias"], module.eps)
+
+    for i, block in enumerate(base.blocks):
+        prefix = f"blocks.{i}."
+
+        def attention(h):
+            def split(t):                                  # (K, B*S, D) -> (K*B, H, S, d_h)
+                return t.reshape(k * b, s, heads, head_dim).transpose(1, 2)
+            q, key, v = (split(_linear(h, weights[f"{prefix}attn.{n}_proj.weight"], weights[f"{prefix}attn.{n}_proj.bias"]))
+                         for n in "qkv")
+            probs = torch.softmax(q @ key.transpose(-2, -1) / math.sqrt(head_dim), dim=-1)
+            mixed = (probs @ v).transpose(1, 2).reshape(k, b * s, d)
+            return _linear(mixed, weights[prefix + "attn.out_proj.weight"], weights[prefix + "attn.out_proj.bias"])
+
+        def ffn(h):
+            hidden = torch.relu(_linear(h, weights[prefix + "ffn.fc1.weight"], weights[prefix + "ffn.fc1.bias"]))
+            return _linear(hidden, weights[prefix + "ffn.fc2.weight"], weights[prefix + "ffn.fc2.bias"])
+
+        for index, (sublayer, name) in enumerate(((attention, "attn"), (ffn, "ffn"))):
+            norm_in = (prefix + f"norm_{name}", getattr(block, f"norm_{name}"))
+            if block.placement == "pre":
+                x = x + sublayer(norm(x, *norm_in))
+            elif block.placement == "sandwich":
+                out = prefix + f"norm_{name}_out"
+                x = x + norm(sublayer(norm(x, *norm_in)), out, getattr(block, f"norm_{name}_out"))
+            else:                                          # y = N(alpha x + F(x)); alpha = 1 is Post-LN
+                alpha = weights[prefix + "residual_scale"][:, index].reshape(k, 1, 1)
+                x = norm(alpha * x + sublayer(x), *norm_in)
+    if isinstance(base.final_norm, torch.nn.LayerNorm):
+        x = norm(x, "final_norm", base.final_norm)
+    return _linear(x, weights["head.weight"], weights["head.bias"]).reshape(k, b, s, -1)
+
+
 def _train_group(group: list[Run], models: list[TinyTransformer], steps: int, lr: float,
                  betas: tuple[float, float], batch_kwargs: dict) -> np.ndarray:
     params, buffers = stack_module_state(models)
@@ -165,19 +242,14 @@ def _train_group(group: list[Run], models: list[TinyTransformer], steps: int, lr
     sizes = [int(np.prod(shape)) for shape in shapes]
     flat = torch.cat([params[name].detach().reshape(len(models), -1) for name in names], 1).requires_grad_()
     base = copy.deepcopy(models[0]).to("meta")      # the layout only; weights come from `flat`
-
-    def logits_of(flat_row, model_buffers, tokens):
-        weights = {n: t.view(s) for n, t, s in zip(names, flat_row.split(sizes), shapes)}
-        return functional_call(base, (weights, model_buffers), (tokens,))
-
-    batched_logits = torch.vmap(logits_of)
     generators = [torch.Generator().manual_seed(run.seed + 100) for run in group]
     state = AdamState(torch.zeros_like(flat), torch.zeros_like(flat))
     losses = torch.empty(len(group), steps)
     for step in range(steps):
         tokens, targets = (torch.stack(t) for t in zip(*(previous_token_batch(g, **batch_kwargs)
                                                         for g in generators)))
-        logits = batched_logits(flat, buffers, tokens)
+        weights = {n: t.reshape(len(group), *shape) for n, t, shape in zip(names, flat.split(sizes, 1), shapes)}
+        logits = stacked_logits(base, weights | buffers, tokens)
         loss = F.cross_entropy(logits.flatten(0, 2), targets.flatten(), reduction="none")
         per_model = loss.view(len(group), -1).mean(1)
         (grad,) = torch.autograd.grad(per_model.sum(), flat)
