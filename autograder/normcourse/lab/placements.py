@@ -61,7 +61,7 @@ def per_layer_grad_norms(model, tokens, targets,
 
 
 def compare_placements(depths: Sequence[int] = (2, 4, 6, 8, 12, 16, 20, 24), d_model: int = 128,
-                       n_heads: int = 4, vocab: int = 100, seq_len: int = 32, batch: int = 16,
+                       n_heads: int = 4, vocab: int = 100, seq_len: int = 32, batch: int = 8,
                        init: str = "xavier", placements: Sequence[str] = ("post", "pre"),
                        norm: str = "layer_norm", seed: int = 0) -> dict[str, dict[int, np.ndarray]]:
     r"""Per-block FFN gradient norms at initialization, Post-LN versus Pre-LN, for several depths.
@@ -73,7 +73,7 @@ def compare_placements(depths: Sequence[int] = (2, 4, 6, 8, 12, 16, 20, 24), d_m
 
     Args:
         depths: numbers of blocks to try. Default: 2 to 24.
-        d_model, n_heads, vocab, seq_len, batch: model and batch sizes (defaults: 128, 4, 100, 32, 16).
+        d_model, n_heads, vocab, seq_len, batch: model and batch sizes (defaults: 128, 4, 100, 32, 8).
         init: ``"xavier"`` (Xiong et al.'s setting) or ``"default"``.
         placements: which of ``"post"``, ``"pre"`` to measure.
         norm: ``"layer_norm"`` (or ``"rms_norm"`` for Pre only).
@@ -196,7 +196,7 @@ def stream_profile(model: TinyTransformer, tokens: torch.Tensor, targets: torch.
 
 def placement_profiles(depths: Sequence[int] = (2, 6, 12, 24), seeds: Sequence[int] = (0, 1, 2, 3, 4),
                        placements: Sequence[str] = ("post", "pre"), d_model: int = 128, n_heads: int = 4,
-                       vocab: int = 100, seq_len: int = 32, batch: int = 16, init: str = "xavier",
+                       vocab: int = 100, seq_len: int = 32, batch: int = 8, init: str = "xavier",
                        norm: str = "layer_norm") -> dict[str, dict[int, dict[str, np.ndarray]]]:
     r""":func:`stream_profile` of fresh models for every placement, depth and seed.
 
