@@ -110,3 +110,17 @@ def test_table_renders_html_markdown_and_text():
     assert repr(table).splitlines()[2].split() == ["layer_norm", "3"]
     with pytest.raises(ValueError, match="cells"):
         Table(["a", "b"], [(1,)])
+
+
+def test_band_draws_the_median_and_the_range_over_seeds():
+    from normcourse.book.figures import band
+
+    runs = np.array([[1.0, 5.0, 2.0], [3.0, 1.0, np.nan], [2.0, 3.0, 4.0]])
+    fig, ax = plt.subplots()
+    (line,) = band(ax, [0, 1, 2], runs, "red", "median", marker="o")
+    np.testing.assert_array_equal(line.get_ydata(), [2.0, 3.0, 3.0])       # NaN left out of the median
+    (area,) = ax.collections
+    vertices = area.get_paths()[0].vertices
+    assert vertices[:, 1].min() == 1.0 and vertices[:, 1].max() == 5.0       # the band spans min..max
+    assert line.get_label() == "median" and line.get_marker() == "o"
+    plt.close(fig)

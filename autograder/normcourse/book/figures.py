@@ -38,6 +38,26 @@ def use_style() -> None:
     matplotlib.rcParams.update(STYLE)
 
 
+def band(ax, x, runs, color, label=None, alpha: float = 0.15, **style):
+    """Draw a multi-seed result: the median over the seeds as a line, the range (min to max) as a band.
+
+    Args:
+        ax: a matplotlib Axes.
+        x: positions, shape ``(P,)``.
+        runs: values of shape ``(seeds, P)``; NaN entries (a diverged run) are left out.
+        color, label: of the line; the band takes the same colour.
+        alpha: the band's opacity. Default: 0.15.
+        **style: passed to ``ax.plot`` (``marker``, ``ls``, ...).
+
+    Returns:
+        the line, as ``ax.plot`` returns it.
+    """
+    runs = np.asarray(runs, dtype=np.float64)
+    line = ax.plot(x, np.nanmedian(runs, 0), color=color, label=label, **style)
+    ax.fill_between(x, np.nanmin(runs, 0), np.nanmax(runs, 0), color=color, alpha=alpha, lw=0)
+    return line
+
+
 # --------------------------------------------------------------------------------------------------
 # The normalization cube: which elements share one statistic, drawn from the scope data.
 # --------------------------------------------------------------------------------------------------
