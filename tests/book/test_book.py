@@ -32,6 +32,22 @@ def test_toc_lists_every_chapter_in_order():
     assert len(on_disk) >= 8 and CHAPTERS == on_disk
 
 
+CODE_CELL = re.compile(r"^```\{code-cell\}[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
+#: "About 15 lines at most" (the book's house style): heavy code lives in the package, not in chapters.
+LONGEST_CELL = 16
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_code_cells_are_short(chapter):
+    text = (REPO / f"{chapter}.md").read_text(encoding="utf-8")
+    cells = CODE_CELL.findall(text)
+    assert cells, f"{chapter} has no code cells"
+    long = [(len(code), code[0][:60]) for body in cells
+            if len(code := [line for line in body.splitlines() if line.strip() and not line.startswith(":")])
+            > LONGEST_CELL]
+    assert not long, f"{chapter}: cells over {LONGEST_CELL} lines (lines, first line): {long}"
+
+
 def test_every_toc_page_is_built(built_site):
     missing = [page for page in toc_pages() if not (built_site / f"{page}.html").is_file()]
     assert not missing, f"pages in _toc.yml without HTML: {missing}"
