@@ -136,3 +136,73 @@ def test_gradients_match_finite_differences_or_say_which_one_differs():
     assert "expected None (weight is None)" in _message(assert_gradients_match, {"dx": 2 * x * dy, "dweight": x},
                                                          lambda x, weight: x ** 2, {"x": x, "weight": None}, dy,
                                                          name="f", label="c")
+
+
+# ---------------------------------------------------------------------------------------------------
+# A contract that promises an exception: assert_raises, and Case(raises=...) in Part.check and the re-check.
+
+def _reject_negative(x):
+    if x < 0:
+        raise ValueError("x must be >= 0")
+    return x
+
+
+def test_assert_raises_passes_the_promised_exception_and_names_what_went_wrong():
+    from normcourse.grading.compare import assert_raises
+
+    assert_raises(ValueError, _reject_negative, -1, name="f(-1)")
+    assert_raises(ArithmeticError, lambda: 1 / 0, name="1 / 0")                 # a subclass counts
+    with pytest.raises(GradingError, match=r"f\(1\) for case 'positive': returned, but it must raise ValueError"):
+        assert_raises(ValueError, _reject_negative, 1, name="f(1)", label="positive")
+    with pytest.raises(GradingError, match=r"raised KeyError \('k'\), expected ValueError"):
+        assert_raises(ValueError, {}.__getitem__, "k", name="d['k']")
+    with pytest.raises(GradingError, match="not implemented yet"):
+        assert_raises(ValueError, _not_implemented, name="stub()")
+
+
+def _not_implemented(*_):
+    raise NotImplementedError
+
+
+def _raising_part(function_name="f"):
+    from normcourse.grading.parts import Case, Part
+
+    def cases(_rng):
+        return [Case("zero", (0.0,)), Case("negative number", (-2.0,), raises=ValueError)]
+    return Part("test_set", "raises_part", function_name, _reject_negative, cases, points=1)
+
+
+def test_part_check_requires_the_promised_exception():
+    part = _raising_part()
+    assert part.check(_reject_negative) == 2
+    assert part.expected(part.make_cases()[1]) is None        # nothing to compare: the call must raise
+    with pytest.raises(GradingError, match=r"for case 'negative number': returned, but it must raise ValueError"):
+        part.check(lambda x: x)
+    with pytest.raises(GradingError, match=r"for case 'negative number': raised TypeError"):
+        part.check(lambda x: x if x >= 0 else None + 1)
+
+
+def test_case_raises_takes_builtin_exception_types_only_and_nothing_else_to_compare():
+    from normcourse.grading.parts import Case
+
+    class Custom(ValueError):
+        pass
+    with pytest.raises(TypeError, match="built-in exception type"):
+        Case("custom", raises=Custom)
+    with pytest.raises(TypeError, match="built-in exception type"):
+        Case("not a type", raises="ValueError")
+    with pytest.raises(ValueError, match="compares nothing else"):
+        Case("twice", (1,), raises=ValueError, repeat=2)
+
+
+def test_recheck_verdict_for_a_case_that_must_raise():
+    from normcourse.grading.recheck import _verdict
+
+    part = _raising_part()
+    case = part.make_cases()[1]
+    assert _verdict(part, case, {"raised": "ValueError"}, {}) is None
+    returned = _verdict(part, case, {"value": {}}, {})
+    assert "returned for case 'negative number', but it must raise ValueError" in returned
+    other = _verdict(part, case, {"error": "f raised TypeError: bad"}, {})
+    assert other == "f raised TypeError: bad, expected ValueError (case 'negative number')"
+    assert _verdict(part, case, {"raised": "TypeError"}, {}) is not None   # only the promised type counts

@@ -185,9 +185,10 @@ def test_results_do_not_depend_on_the_thread_count(part):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        single = [part.expected(case) for case in part.make_cases()]
+        compared = [case for case in part.make_cases() if case.raises is None]   # a raising case has no result
+        single = [part.expected(case) for case in compared]
         torch.set_num_threads(2)
-        for case, expected in zip(part.make_cases(), single):
+        for case, expected in zip(compared, single):
             part.judge(expected, case)  # the one-thread result must pass against the two-thread reference
     finally:
         torch.set_num_threads(before)
@@ -345,3 +346,54 @@ def test_a_warning_fails_the_entropy_parts_in_the_recheck():
     assert "RuntimeWarning" in bad.parts["attention_entropy_hidden"].message
     assert bad.parts["attention_saturation"].passed, bad.parts["attention_saturation"].message
     assert all(p.passed for p in good.parts.values()), {k: v.message for k, v in good.parts.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# ps06's residual_block promises ValueError for any other placement: a Case with raises=ValueError.
+
+_RESIDUAL_NEVER_RAISES = '''
+def residual_block(x, sublayer, norm, placement):
+    """Right for 'pre' and 'post'; any other placement is silently taken for Post-LN."""
+    return x + sublayer(norm(x)) if placement == "pre" else norm(x + sublayer(x))
+'''
+
+_RESIDUAL_REBINDS_VALUE_ERROR = '''
+import builtins
+builtins.ValueError = Exception        # "from now on every exception is a ValueError"
+
+def residual_block(x, sublayer, norm, placement):
+    if placement == "pre":
+        return x + sublayer(norm(x))
+    if placement == "post":
+        return norm(x + sublayer(x))
+    raise RuntimeError("not a placement")
+'''
+
+
+def _with_residual_block(source):
+    nb = copy.deepcopy(_notebook("ps06_transformers"))
+    next(c for c in nb.cells if _meta(c).get("grade_id") == "residual_block_code").source = source
+    return nb
+
+
+@pytest.mark.slow
+def test_a_promised_exception_is_graded_in_the_recheck():
+    """A residual_block that returns instead of raising, or that raises something else after rebinding
+    builtins.ValueError, loses the part in the re-check; the solution keeps it."""
+    from normcourse.grading.host import Host
+    from normcourse.grading.recheck import recheck_notebook
+    from normcourse.grading.sandbox import availability
+
+    outcomes = {}
+    with Host("ps06_transformers", sandbox=availability()[0], torch=True) as host:
+        for name, nb in (("never", _with_residual_block(_RESIDUAL_NEVER_RAISES)),
+                         ("rebinds", _with_residual_block(_RESIDUAL_REBINDS_VALUE_ERROR)),
+                         ("solution", _notebook("ps06_transformers"))):
+            host.reset(None)
+            outcomes[name] = recheck_notebook(nb, "ps06_transformers", host, grade_ids=["residual_block"]
+                                              ).parts["residual_block"]
+    assert not outcomes["never"].passed
+    assert "returned for case \"visible test: placement 'middle'" in outcomes["never"].message
+    assert "must raise ValueError" in outcomes["never"].message
+    assert not outcomes["rebinds"].passed and "raised RuntimeError" in outcomes["rebinds"].message
+    assert outcomes["solution"].passed, outcomes["solution"].message

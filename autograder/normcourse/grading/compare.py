@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["GradingError", "tolerance_for", "format_pair", "assert_array_like", "assert_array_matches", "assert_scalar_matches",
+__all__ = ["GradingError", "tolerance_for", "format_pair", "assert_array_like", "assert_array_matches", "assert_raises", "assert_scalar_matches",
            "assert_results_match", "named_results", "assert_normalized", "assert_state_matches",
            "central_difference_gradient", "assert_gradients_match"]
 
@@ -157,6 +157,36 @@ def assert_array_matches(actual, expected, *, name: str = "output", label: str |
         detail = (f"{int(wrong.sum())} of {a.size} elements differ. First at index {first}: {element(first)}. "
                   f"Worst at index {worst}: {element(worst)}.")
     raise GradingError(f"{name}{where}: {detail} {_tolerance(rtol, atol)}")
+
+
+def assert_raises(exception: type[BaseException], fn: Callable, *args, name: str, label: str | None = None,
+                  **kwargs) -> None:
+    """Assert that ``fn(*args, **kwargs)`` raises ``exception`` (or a subclass); its message is free.
+
+    Args:
+        exception: the exception type the contract promises, e.g. ``ValueError`` for a bad argument.
+        fn: the function under test.
+        *args, **kwargs: the call.
+        name: what the call is, e.g. ``"residual_block(x, F, N, 'middle')"``.
+        label: the test case, if any.
+
+    Raises:
+        GradingError: if the call returns, or raises another exception (named in the message).
+
+    Example:
+        >>> assert_raises(ValueError, int, "seven", name="int('seven')")
+    """
+    where = _where(label)
+    try:
+        fn(*args, **kwargs)
+    except exception:
+        return
+    except NotImplementedError:
+        raise GradingError(f"{name}{where}: not implemented yet (it raised NotImplementedError)") from None
+    except Exception as exc:
+        raise GradingError(f"{name}{where}: raised {type(exc).__name__} ({exc}), expected "
+                           f"{exception.__name__}") from exc
+    raise GradingError(f"{name}{where}: returned, but it must raise {exception.__name__} there")
 
 
 def assert_scalar_matches(actual, expected: float, *, name: str = "value", label: str | None = None,

@@ -17,6 +17,7 @@ Problem-set modules (``normcourse.problems.psNN_name``, loaded by name) each def
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import importlib.util
@@ -28,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .compare import GradingError, assert_array_matches, assert_state_matches
-from .recheck_child import Observed, observe
+from .compare import GradingError, assert_array_matches, assert_raises, assert_state_matches
+from .recheck_child import BUILTIN_EXCEPTIONS, Observed, observe
 from .rules import Rule
 
 __all__ = ["Case", "Part", "register", "get_part", "parts_of", "problem_sets", "provided_modules", "check_part"]
@@ -52,6 +53,9 @@ class Case:
             untouched" is part of the contract where the reference leaves it untouched.
         repeat: call the function this many times on the same arguments (the same model); every
             call's result is compared, which catches state left behind by the first call.
+        raises: a built-in exception type (``ValueError``) the call must raise, as the reference does:
+            "rejects a bad argument" is part of the contract. Its message is not compared. The re-check
+            names exception types across processes, hence built-in types only.
     """
 
     label: str
@@ -62,6 +66,14 @@ class Case:
     atol: float | None = None
     state_of: tuple[int, ...] = ()
     repeat: int = 1
+    raises: type[BaseException] | None = None
+
+    def __post_init__(self):
+        if self.raises is not None:
+            if BUILTIN_EXCEPTIONS.get(getattr(self.raises, "__name__", None)) is not self.raises:
+                raise TypeError(f"Case.raises must be a built-in exception type, got {self.raises!r}")
+            if self.inplace or self.state_of or self.repeat != 1:
+                raise ValueError("a Case that must raise compares nothing else: no inplace, state_of or repeat")
 
 
 def _default_compare(actual, expected, *, name: str, label: str, rtol, atol) -> None:
@@ -134,8 +146,9 @@ class Part:
         return self.cases(np.random.default_rng(self.seed if salt is None else [self.seed, salt]))
 
     def expected(self, case: Case) -> Observed | None:
-        """What the reference does on ``case`` (None for a part without a reference)."""
-        return None if self.reference is None else self.call(self.reference, case)
+        """What the reference does on ``case`` (None for a part without a reference, or a case that
+        must raise: nothing is compared then)."""
+        return None if self.reference is None or case.raises is not None else self.call(self.reference, case)
 
     @staticmethod
     def call(fn: Callable, case: Case) -> Observed:
@@ -185,6 +198,10 @@ class Part:
             raise GradingError(f"{self.function} is not a function (got {type(fn).__name__})")
         cases = self.make_cases()
         for case in cases:
+            if case.raises is not None:
+                assert_raises(case.raises, fn, *copy.deepcopy(case.args), name=f"{self.function}(...)",
+                              label=case.label, **copy.deepcopy(case.kwargs))
+                continue
             try:
                 actual = self.call(fn, case)
             except GradingError:

@@ -176,6 +176,13 @@ def _verdict(part, case, head: dict, arrays: dict) -> str | None:
     """None if the learner's answer for ``case`` matches the reference, else the learner-facing reason."""
     from .compare import GradingError
 
+    if case.raises is not None:
+        promised = case.raises.__name__
+        if "error" in head:
+            return f"{head['error']}, expected {promised} (case {case.label!r})"
+        if head.get("raised") == promised:
+            return None
+        return f"{part.function}(...) returned for case {case.label!r}, but it must raise {promised} there"
     if "error" in head:
         return f"{head['error']} (case {case.label!r})"
     try:
@@ -291,7 +298,7 @@ def _run_part(part, cases, child, reader, call_timeout: float, deadline: float,
     for index, case in enumerate(cases):
         call = {"key": f"{part.grade_id}:{index}", "function": part.function, "args": case.args,
                 "kwargs": case.kwargs, "inplace": tuple(case.inplace), "state_of": tuple(case.state_of),
-                "repeat": case.repeat}
+                "repeat": case.repeat, "raises": case.raises.__name__ if case.raises is not None else None}
         try:
             child.commands.write(_frame({"call": call}))
             child.commands.flush()

@@ -13,6 +13,7 @@ was given (:func:`module_state`).
 
 from __future__ import annotations
 
+import builtins
 import copy
 import os
 import sys
@@ -20,8 +21,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Observed", "observe", "module_state", "encode", "decode", "pack", "unpack", "Foreign",
+__all__ = ["BUILTIN_EXCEPTIONS", "Observed", "observe", "module_state", "encode", "decode", "pack", "unpack", "Foreign",
            "ImportGuard", "ForbiddenModule", "main"]
+
+
+#: The built-in exception types by name, taken when this module loads (before any learner code runs, in
+#: the re-check): a case that must raise names its type, and a learner who rebinds ``builtins.ValueError``
+#: does not change which type counts.
+BUILTIN_EXCEPTIONS = {name: value for name, value in vars(builtins).items()
+                      if isinstance(value, type) and issubclass(value, BaseException)}
 
 
 @dataclass
@@ -376,7 +384,11 @@ def main(commands_fd: int, results_fd: int) -> int:
         except NotImplementedError:
             head["error"] = f"{call['function']} is not implemented yet (it raised NotImplementedError)"
         except BaseException as exc:
-            head["error"] = f"{call['function']} raised {type(exc).__name__}: {exc}"[:1000]
+            promised = BUILTIN_EXCEPTIONS.get(call.get("raises") or "")
+            if promised is not None and isinstance(exc, promised):
+                head["raised"] = call["raises"]         # what the case asks for; the grader decides
+            else:
+                head["error"] = f"{call['function']} raised {type(exc).__name__}: {exc}"[:1000]
         finally:
             signal.alarm(0)
         head["forbidden"] = guard.take()

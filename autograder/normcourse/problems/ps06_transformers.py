@@ -9,7 +9,8 @@
   ``p * log(p + 1e-12)`` or ``log(clip(p, 1e-12))`` fails where it changes the entropy.
 - ``residual_block`` (numpy, visible test only: two lines of code, one point):
   :func:`normcourse.lab.transformer.residual`, Post-LN versus Pre-LN, on numpy arrays with numpy
-  callables (``np.tanh``, a linear map as ``functools.partial(np.tensordot, ...)``).
+  callables (``np.tanh``, a linear map as ``functools.partial(np.tensordot, ...)``); any other
+  placement must raise ``ValueError``, as the docstring promises (a :class:`Case` with ``raises``).
 - ``per_layer_grad_norms`` (torch): :func:`normcourse.lab.placements.per_layer_grad_norms`; every case
   checks that the model is left as found (``.grad`` unset, parameters, modes), some call it twice.
 - ``layer_norm`` (numpy, the find-the-bug exercise): :func:`normcourse.reference.layer_norm`, on the
@@ -162,7 +163,9 @@ def visible_residual_block_cases(_rng=None) -> list[Case]:
     return [Case("visible test: placement 'pre', sublayer x @ W, norm np.tanh", (x, linear, np.tanh, "pre")),
             Case("visible test: placement 'post', sublayer x @ W, norm np.tanh", (x, linear, np.tanh, "post")),
             Case("visible test: placement 'pre', sublayer np.sin, norm np.tanh, float32 x",
-                 (x.astype(np.float32), np.sin, np.tanh, "pre"))]
+                 (x.astype(np.float32), np.sin, np.tanh, "pre")),
+            Case("visible test: placement 'middle' (not a placement) raises ValueError",
+                 (x, linear, np.tanh, "middle"), raises=ValueError)]
 
 
 # ---------------------------------------------------------------- per-layer gradient norms

@@ -71,6 +71,11 @@ def _residual_roles_swapped(x, sublayer, norm, placement):
     return residual(x, norm, sublayer, placement)
 
 
+def _residual_anything_else_is_post(x, sublayer, norm, placement):
+    """Right for 'pre' and 'post', but takes any other placement for Post-LN instead of raising ValueError."""
+    return x + sublayer(norm(x)) if placement == "pre" else norm(x + sublayer(x))
+
+
 def _ffn_weights(model):
     return [block.ffn.fc2.weight for block in model.blocks]
 
@@ -173,7 +178,8 @@ ENTROPY_FUDGES = [_entropy_epsilon(1e-12), _entropy_epsilon(1e-15), _entropy_eps
 WRONG = {
     "attention_probabilities": [_attention_unscaled, _attention_naive_exp, _attention_over_queries],
     "attention_entropy": [_entropy_bits_direct, _entropy_nan_at_zero, *ENTROPY_FUDGES],
-    "residual_block": [_residual_swapped, _residual_pre_without_skip, _residual_roles_swapped],
+    "residual_block": [_residual_swapped, _residual_pre_without_skip, _residual_roles_swapped,
+                       _residual_anything_else_is_post],
     "per_layer_grad_norms": [_grad_norms_summed_loss, _grad_norms_first_ffn_weight, _grad_norms_backward],
     "layer_norm": [_buggy_layer_norm, _layer_norm_with(ddof=1), _layer_norm_with(eps_outside=True)],
     "attention_saturation": [_saturation_qk_before, _saturation_weights_fixed, _saturation_bits],
