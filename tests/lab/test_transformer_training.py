@@ -77,3 +77,35 @@ def test_previous_token_batch_targets_are_the_previous_tokens():
     tokens, targets = previous_token_batch(torch.Generator().manual_seed(0), batch=3, seq_len=5, vocab=7)
     assert torch.equal(targets[:, 1:], tokens[:, :-1]) and torch.equal(targets[:, 0], tokens[:, -1])
     assert tokens.max() < 7
+
+
+@pytest.mark.parametrize("placement", ["pre", "post", "sandwich", "deepnorm", "admin"])
+def test_stacked_logits_equal_each_models_own_forward(placement):
+    from torch.func import stack_module_state
+
+    from normcourse.lab.transformer_training import stacked_logits
+
+    models = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        model = TinyTransformer(vocab=16, d_model=16, n_heads=2, depth=3, seq_len=8, placement=placement).double()
+        with torch.no_grad():                       # non-trivial gains, biases and skip scales
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        if placement == "admin":
+            model.admin_profile(torch.randint(0, 16, (4, 8), generator=torch.Generator().manual_seed(seed)))
+        models.append(model)
+    params, buffers = stack_module_state(models)
+    tokens = torch.randint(0, 16, (3, 5, 8), generator=torch.Generator().manual_seed(7))
+    stacked = stacked_logits(models[0], params | buffers, tokens)
+    for k, model in enumerate(models):
+        torch.testing.assert_close(stacked[k], model(tokens[k]), rtol=1e-12, atol=1e-12)
+
+
+def test_stacked_logits_refuses_what_it_does_not_implement():
+    from normcourse.lab.transformer_training import stacked_logits
+
+    for kwargs in (dict(causal=True), dict(qk_norm=True), dict(norm="rms_norm")):
+        model = TinyTransformer(vocab=16, d_model=16, n_heads=2, depth=1, seq_len=8, **kwargs)
+        with pytest.raises(ValueError, match="supports LayerNorm"):
+            stacked_logits(model, dict(model.state_dict()), torch.zeros(1, 2, 8, dtype=torch.long))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["glue", "HIDDEN_PREFIX"]
+__all__ = ["HIDDEN_PREFIX", "glue"]
 
 #: MyST-NB's prefix for a glued value that is stored but not displayed in the cell.
 HIDDEN_PREFIX = "application/papermill.record/"

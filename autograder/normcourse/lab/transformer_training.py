@@ -203,32 +203,31 @@ def stacked_logits(base: TinyTransformer, weights: dict[str, torch.Tensor], toke
     def norm(h, name, module):
         return _layer_norm(h, weights[name + ".weight"], weights[name + ".bias"], module.eps)
 
+    def linear(h, name):
+        return _linear(h, weights[name + ".weight"], weights[name + ".bias"])
+
+    def attention(h, prefix):
+        def split(t):                                      # (K, B*S, D) -> (K*B, H, S, d_h)
+            return t.reshape(k * b, s, heads, head_dim).transpose(1, 2)
+        q, key, v = (split(linear(h, f"{prefix}attn.{n}_proj")) for n in "qkv")
+        probs = torch.softmax(q @ key.transpose(-2, -1) / math.sqrt(head_dim), dim=-1)
+        return linear((probs @ v).transpose(1, 2).reshape(k, b * s, d), prefix + "attn.out_proj")
+
+    def ffn(h, prefix):
+        return linear(torch.relu(linear(h, prefix + "ffn.fc1")), prefix + "ffn.fc2")
+
     for i, block in enumerate(base.blocks):
         prefix = f"blocks.{i}."
-
-        def attention(h):
-            def split(t):                                  # (K, B*S, D) -> (K*B, H, S, d_h)
-                return t.reshape(k * b, s, heads, head_dim).transpose(1, 2)
-            q, key, v = (split(_linear(h, weights[f"{prefix}attn.{n}_proj.weight"], weights[f"{prefix}attn.{n}_proj.bias"]))
-                         for n in "qkv")
-            probs = torch.softmax(q @ key.transpose(-2, -1) / math.sqrt(head_dim), dim=-1)
-            mixed = (probs @ v).transpose(1, 2).reshape(k, b * s, d)
-            return _linear(mixed, weights[prefix + "attn.out_proj.weight"], weights[prefix + "attn.out_proj.bias"])
-
-        def ffn(h):
-            hidden = torch.relu(_linear(h, weights[prefix + "ffn.fc1.weight"], weights[prefix + "ffn.fc1.bias"]))
-            return _linear(hidden, weights[prefix + "ffn.fc2.weight"], weights[prefix + "ffn.fc2.bias"])
-
         for index, (sublayer, name) in enumerate(((attention, "attn"), (ffn, "ffn"))):
             norm_in = (prefix + f"norm_{name}", getattr(block, f"norm_{name}"))
             if block.placement == "pre":
-                x = x + sublayer(norm(x, *norm_in))
+                x = x + sublayer(norm(x, *norm_in), prefix)
             elif block.placement == "sandwich":
                 out = prefix + f"norm_{name}_out"
-                x = x + norm(sublayer(norm(x, *norm_in)), out, getattr(block, f"norm_{name}_out"))
+                x = x + norm(sublayer(norm(x, *norm_in), prefix), out, getattr(block, out.split(".")[-1]))
             else:                                          # y = N(alpha x + F(x)); alpha = 1 is Post-LN
                 alpha = weights[prefix + "residual_scale"][:, index].reshape(k, 1, 1)
-                x = norm(alpha * x + sublayer(x), *norm_in)
+                x = norm(alpha * x + sublayer(x, prefix), *norm_in)
     if isinstance(base.final_norm, torch.nn.LayerNorm):
         x = norm(x, "final_norm", base.final_norm)
     return _linear(x, weights["head.weight"], weights["head.bias"]).reshape(k, b, s, -1)
