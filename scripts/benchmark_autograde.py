@@ -12,14 +12,19 @@ temp copies of the course, and times, on the same machine in the same run:
 - with ``--unsandboxed``, also ``normcourse autograde --no-sandbox`` (what the sandbox costs);
 - with ``--dask``, instead: ``normcourse autograde --workers W`` against the same on a Dask cluster of
   W single-threaded worker processes on 127.0.0.1 started by this script (``--scheduler``): what Dask
-  adds per submission.
+  adds per submission;
+- with ``--merge``, instead: one ``autograde`` in this process with its ``merge`` step timed. Every
+  result passes through the orchestrator's merge (gradebook rows, ledger, the autograded folder), one
+  at a time, whatever the number of workers, so the merge time per submission bounds the throughput
+  of any cluster: it can keep at most (worker seconds per submission) / (merge seconds per
+  submission) workers busy.
 
 Prints seconds per submission for each run and the ratios, and checks that every run gave every
 submission the same autograded total (exit status 1 if not). Not a test; the machine's load shows in
 the numbers, so the load average is printed alongside.
 
 Usage: ``.venv/bin/python scripts/benchmark_autograde.py [--problem-set ps01_scopes] [--count 40]
-[--workers 2] [--unsandboxed] [--dask]``
+[--workers 2] [--unsandboxed | --dask | --merge]``
 """
 
 from __future__ import annotations
@@ -141,9 +146,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--unsandboxed", action="store_true", help="also time normcourse --no-sandbox")
     parser.add_argument("--dask", action="store_true", help="local pool against a local Dask cluster")
+    parser.add_argument("--merge", action="store_true", help="time the orchestrator's merge of each result")
     args = parser.parse_args()
 
     subs = submissions(args.problem_set, args.count)
+    if args.merge:
+        return merge_benchmark(args, subs)
     ours = [BIN / "normcourse", "autograde", args.problem_set, "--workers", str(args.workers), "--no-progress"]
     runs: dict[str, float] = {}
     scores: dict[str, dict] = {}
@@ -189,6 +197,48 @@ def main() -> int:
     print(f"grades agree for all {n} submissions (total autograded points "
           f"{sum(v or 0 for v in scores[names[-1]].values()):g})")
     return 0
+
+
+def merge_benchmark(args, subs: dict) -> int:
+    """Grade ``subs`` once, in this process, timing every call of the orchestrator's ``merge``."""
+    from normcourse.grading import autograde as orchestrator
+    from normcourse.grading.course import Course
+
+    durations: list[float] = []
+    merge = orchestrator.merge
+
+    def timed_merge(*call_args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return merge(*call_args, **kwargs)
+        finally:
+            durations.append(time.perf_counter() - start)
+    with tempfile.TemporaryDirectory(prefix="normcourse-bench-") as tmp:
+        folder = Path(tmp) / "course"
+        make_course(folder, args.problem_set)
+        place(folder, args.problem_set, subs)
+        load_before = os.getloadavg()
+        orchestrator.merge = timed_merge
+        try:
+            start = time.perf_counter()
+            summary = orchestrator.autograde(Course(folder), args.problem_set,
+                                             orchestrator.AutogradeOptions(workers=args.workers, progress=False))
+            total = time.perf_counter() - start
+        finally:
+            orchestrator.merge = merge
+        load_after = os.getloadavg()
+    n = len(subs)
+    per_worker = total * args.workers / n
+    merged = sorted(durations)
+    mean = sum(merged) / len(merged)
+    print(f"{n} submissions of {args.problem_set} on {os.cpu_count()} CPUs, {args.workers} workers "
+          f"(load average before {load_before[0]:.1f}, after {load_after[0]:.1f}); counts {summary.counts}")
+    print(f"batch {total:.1f} s = {total / n:.3f} s/submission; {per_worker:.2f} worker-seconds per submission")
+    print(f"merge: {len(merged)} calls, mean {1000 * mean:.1f} ms, median {1000 * merged[len(merged) // 2]:.1f} ms, "
+          f"max {1000 * merged[-1]:.1f} ms; {sum(merged):.1f} s in all ({100 * sum(merged) / total:.0f}% of the batch)")
+    print(f"one orchestrator merges at most {1 / mean:.1f} submissions/s: enough to keep about "
+          f"{per_worker / mean:.0f} workers as fast as these busy")
+    return 0 if len(merged) == n else 1
 
 
 if __name__ == "__main__":

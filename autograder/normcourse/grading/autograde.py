@@ -35,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -255,8 +256,12 @@ def build_tasks(course, problem_set: str, students: list[str], template_db: Path
 # ------------------------------------------------------------------------------------------------
 # Merging one result into the course gradebook.
 
-def _write_grades(course, ledger: Ledger, result: GradeResult, *, force: bool) -> tuple[str, str]:
+def _write_grades(course, ledger: Ledger, result: GradeResult, *, force: bool, gradebook=None) -> tuple[str, str]:
     """Write a result's grades into the course gradebook; return (status, reason).
+
+    ``gradebook``: an open ``nbgrader.api.Gradebook`` of the course to write through (the batch keeps one
+    open: opening one builds a database engine, checks every table and starts with an empty statement
+    cache, which made up most of a merge's time); None opens one for this write.
 
     Only the autograder's columns are written (``auto_score``, ``needs_manual_grade``, ``auto_comment``,
     the late penalty, the timestamp): SQLAlchemy updates only the columns that changed, so a manual
@@ -272,8 +277,8 @@ def _write_grades(course, ledger: Ledger, result: GradeResult, *, force: bool) -
 
     problem_set, student = result.problem_set, result.student
 
-    def write_once() -> tuple[str, list]:
-        with Gradebook(course.db_url) as gb, warnings.catch_warnings():  # closing it rolls back what is not committed
+    def write_once(gb) -> tuple[str, list]:
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's own SQLAlchemy notice
             gb.update_or_create_student(student)
             kwargs = {"timestamp": result.timestamp} if result.timestamp else {}
@@ -307,9 +312,20 @@ def _write_grades(course, ledger: Ledger, result: GradeResult, *, force: bool) -
             gb.db.commit()
         return "ok", conflicts
 
+    def write_through(gb) -> tuple[str, list]:
+        try:
+            return write_once(gb)
+        except BaseException:
+            gb.db.rollback()                # nothing half-written stays pending in a gradebook kept open
+            raise
+
     for attempt in range(1, 6):
         try:
-            outcome, conflicts = write_once()
+            if gradebook is None:
+                with Gradebook(course.db_url) as gb:
+                    outcome, conflicts = write_through(gb)
+            else:
+                outcome, conflicts = write_through(gradebook)
             break
         except (OperationalError, InvalidEntry) as exc:  # nbgrader wraps a failed commit in InvalidEntry
             if attempt == 5:
@@ -327,12 +343,12 @@ def _write_grades(course, ledger: Ledger, result: GradeResult, *, force: bool) -
     return "ok", ""
 
 
-def _zeroed(course, result: GradeResult) -> GradeResult:
+def _zeroed(course, result: GradeResult, gradebook=None) -> GradeResult:
     """A failed submission's grades: every autograded cell 0, with the reason."""
     from nbgrader.api import Gradebook
 
     parts = []
-    with Gradebook(course.db_url) as gb:
+    with contextlib.nullcontext(gradebook) if gradebook is not None else Gradebook(course.db_url) as gb:
         for nb in gb.find_assignment(result.problem_set).notebooks:
             for cell in nb.grade_cells:
                 autograded = cell.cell_type == "code" and not any(s.name == cell.name for s in nb.solution_cells)
@@ -363,8 +379,11 @@ def _install_autograded(course, result: GradeResult) -> None:
         shutil.rmtree(old)
 
 
-def merge(course, ledger: Ledger, result: GradeResult, attempts: int, force: bool) -> dict:
-    """Record one final result: grades into the gradebook (graded, failed), the ledger always."""
+def merge(course, ledger: Ledger, result: GradeResult, attempts: int, force: bool, gradebook=None) -> dict:
+    """Record one final result: grades into the gradebook (graded, failed), the ledger always.
+
+    ``gradebook``: the course's open ``nbgrader.api.Gradebook`` to write through (see :func:`_write_grades`);
+    None opens one for this result."""
     if result.status in ("infrastructure", "refused"):
         previous = ledger.get(result.problem_set, result.student)
         if previous and previous["status"] in ("graded", "failed"):
@@ -374,8 +393,8 @@ def merge(course, ledger: Ledger, result: GradeResult, attempts: int, force: boo
             return dict(previous, last_attempt=f"{result.status}: {result.reason[:300]}")
         return ledger.put(result, result.status, result.reason, attempts)
     if result.status == "failed":
-        result = _zeroed(course, result)
-    outcome, why = _write_grades(course, ledger, result, force=force)
+        result = _zeroed(course, result, gradebook)
+    outcome, why = _write_grades(course, ledger, result, force=force, gradebook=gradebook)
     if outcome == "conflict":
         return ledger.put(result, "conflict", why, attempts)
     if result.status == "graded":
@@ -440,12 +459,14 @@ def autograde(course, problem_set: str, options: AutogradeOptions = AutogradeOpt
 
 def _run(course, ledger: Ledger, executor, tasks: list[GradeTask], options: AutogradeOptions) -> dict:
     """Submit every task, merge each result as it arrives, retry infrastructure failures."""
+    from nbgrader.api import Gradebook
     from tqdm import tqdm
 
     from .executors import WorkerLost
     from .worker import grade
 
     records: dict[str, dict] = {}
+    gradebook = Gradebook(course.db_url)             # one for the batch: every merge writes through it
     running = {executor.submit(grade, task): task for task in tasks}
     waiting: list[tuple[float, GradeTask]] = []  # retries, not before a time (back-off)
     problem_set = tasks[0].problem_set
@@ -477,9 +498,10 @@ def _run(course, ledger: Ledger, executor, tasks: list[GradeTask], options: Auto
                     task.attempt += 1
                     waiting.append((time.monotonic() + 2.0 * (task.attempt - 1), task))
                     continue
-                records[task.student] = merge(course, ledger, result, task.attempt, options.force)
+                records[task.student] = merge(course, ledger, result, task.attempt, options.force, gradebook)
                 bar.update(1)
                 bar.set_postfix_str(f"{task.student}: {records[task.student]['status']}")
     finally:
         bar.close()
+        gradebook.close()
     return records
