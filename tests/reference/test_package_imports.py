@@ -1,6 +1,6 @@
 """The package's layers, by dependency (lower never imports higher):
 
-``normcourse.reference`` (numpy only) <- ``normcourse.lab`` (torch) <- ``normcourse.book`` (figures);
+``normcourse.reference`` (numpy only) <- ``normcourse.lab`` (torch) <- ``normcourse.book`` (figures, glue);
 ``normcourse.grading`` imports the reference and nothing of lab, book or the problem sets;
 ``normcourse.problems`` (the Parts of each problem set) may use the reference, the lab and the grading
 tools, never the book.
@@ -26,7 +26,7 @@ STDLIB = set(sys.stdlib_module_names)
 THIRD_PARTY = {
     "reference": {"numpy"},
     "lab": {"numpy", "torch", "sklearn"},
-    "book": {"numpy", "matplotlib", "torch"},
+    "book": {"numpy", "matplotlib", "torch", "IPython"},   # IPython: the chapters' display system (glue)
     "grading": {"numpy", "nbformat", "nbgrader", "nbclient", "jupyter_client", "jupyter_core", "ipykernel",
                 "IPython", "traitlets", "tqdm", "psutil", "alembic", "sqlalchemy", "jsonschema",
                 "matplotlib", "distributed", "dask", "zmq", "tornado", "mathjax", "psycopg", "nbconvert"},
