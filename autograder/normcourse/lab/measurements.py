@@ -13,44 +13,15 @@ mode is the caller's choice: in training mode BatchNorm uses the batch statistic
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .models import layer_groups
+from .models import _preserved, layer_groups
 
 __all__ = ["internal_covariate_shift", "landscape_probe"]
-
-def _generators(model: nn.Module) -> list[torch.Generator]:
-    return [m.generator for m in model.modules() if isinstance(getattr(m, "generator", None), torch.Generator)]
-
-
-@contextlib.contextmanager
-def _preserved(model: nn.Module):
-    """Snapshot the model; yield ``replay`` (reset all randomness to the snapshot); restore on exit."""
-    state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
-    generators = _generators(model)
-    generator_states = [g.get_state() for g in generators]
-    global_rng = torch.get_rng_state()
-    modes = [m.training for m in model.modules()]
-
-    def replay():
-        for g, s in zip(generators, generator_states):
-            g.set_state(s)
-        torch.set_rng_state(global_rng)
-
-    try:
-        yield replay
-    finally:
-        with torch.no_grad():
-            for key, tensor in model.state_dict(keep_vars=True).items():
-                tensor.copy_(state[key])
-        replay()
-        for m, mode in zip(model.modules(), modes):
-            m.training = mode
 
 
 def _gradient(model, loss_fn, batch, params) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -16,6 +16,7 @@ Contents:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
 from dataclasses import dataclass, field
@@ -493,8 +494,9 @@ def relu_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     For a hidden layer of :func:`mlp` this is :math:`\xi(\mathrm{Norm}(W h + b))`, the quantity whose
     distribution Ioffe & Szegedy watch drift during training (their Figure 1). The forward pass runs
     in the model's current mode, so in training mode BatchNorm normalizes with the statistics of ``x``;
-    the running statistics and noise generators it touches are put back afterwards (cheaper than
-    running a deep copy, which cost as much as the measurement), so the model is left as it was.
+    the running statistics, noise generators and random state it touches are put back afterwards
+    (:func:`_preserved`; cheaper than running a deep copy, which cost as much as the measurement), so
+    the model is left as it was.
 
     Args:
         model: the network (not modified).
@@ -507,24 +509,42 @@ def relu_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
         >>> [a.shape for a in relu_inputs(mlp(depth=2, width=16), torch.randn(5, 64))]
         [torch.Size([5, 16]), torch.Size([5, 16])]
     """
-    buffers = [(b, b.clone()) for b in model.buffers()]            # running statistics and counters
-    generators = [(g, g.get_state()) for g in _noise_generators(model)]
     captured: list[torch.Tensor] = []
     hooks = [module.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
              for module in model.modules() if isinstance(module, nn.ReLU)]
     try:
-        model(x)
+        with _preserved(model):
+            model(x)
     finally:
         for hook in hooks:
             hook.remove()
-        for buffer, saved in buffers:
-            buffer.copy_(saved)
-        for generator, state in generators:
-            generator.set_state(state)
     return captured
 
 
-def _noise_generators(model: nn.Module) -> list[torch.Generator]:
-    """The random generators the model's noise layers draw from (their state is part of the model's)."""
-    return [module.generator for module in model.modules()
-            if isinstance(getattr(module, "generator", None), torch.Generator)]
+def _generators(model: nn.Module) -> list[torch.Generator]:
+    return [m.generator for m in model.modules() if isinstance(getattr(m, "generator", None), torch.Generator)]
+
+
+@contextlib.contextmanager
+def _preserved(model: nn.Module):
+    """Snapshot the model; yield ``replay`` (reset all randomness to the snapshot); restore on exit."""
+    state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    generators = _generators(model)
+    generator_states = [g.get_state() for g in generators]
+    global_rng = torch.get_rng_state()
+    modes = [m.training for m in model.modules()]
+
+    def replay():
+        for g, s in zip(generators, generator_states):
+            g.set_state(s)
+        torch.set_rng_state(global_rng)
+
+    try:
+        yield replay
+    finally:
+        with torch.no_grad():
+            for key, tensor in model.state_dict(keep_vars=True).items():
+                tensor.copy_(state[key])
+        replay()
+        for m, mode in zip(model.modules(), modes):
+            m.training = mode
