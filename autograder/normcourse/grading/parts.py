@@ -17,7 +17,6 @@ Problem-set modules (``normcourse.problems.psNN_name``, loaded by name) each def
 
 from __future__ import annotations
 
-import copy
 import importlib
 import inspect
 import importlib.util
@@ -199,8 +198,7 @@ class Part:
         cases = self.make_cases()
         for case in cases:
             if case.raises is not None:
-                assert_raises(case.raises, fn, *copy.deepcopy(case.args), name=f"{self.function}(...)",
-                              label=case.label, **copy.deepcopy(case.kwargs))
+                assert_raises(case.raises, self.call, fn, case, name=f"{self.function}(...)", label=case.label)
                 continue
             try:
                 actual = self.call(fn, case)

@@ -335,8 +335,7 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         side_by_side = x.reshape(k, b, c, h, w).transpose(0, 1).reshape(b, k * c, h, w)
         # With momentum 1, F.batch_norm leaves in these buffers exactly the group means and unbiased
         # group variances it computed anyway (a separate mean/var pass cost as much as the layer itself).
-        group_mean = torch.zeros(k * c, dtype=x.dtype)
-        group_var = torch.ones(k * c, dtype=x.dtype)
+        group_mean, group_var = x.new_zeros(k * c), x.new_ones(k * c)
         y = F.batch_norm(side_by_side, group_mean, group_var, self.weight.repeat(k), self.bias.repeat(k),
                          training=True, momentum=1.0, eps=self.eps)
         with torch.no_grad():
