@@ -200,8 +200,9 @@ def stacked_logits(base: TinyTransformer, weights: dict[str, torch.Tensor], toke
     x = torch.gather(table, 1, tokens.reshape(k, b * s, 1).expand(-1, -1, d))
     x = x + weights["position_embedding.weight"][:, :s].repeat(1, b, 1)                 # (K, B*S, D)
 
-    def norm(h, name, module):
-        return _layer_norm(h, weights[name + ".weight"], weights[name + ".bias"], module.eps)
+    def norm(h, name):
+        eps = base.get_submodule(name).eps
+        return _layer_norm(h, weights[name + ".weight"], weights[name + ".bias"], eps)
 
     def linear(h, name):
         return _linear(h, weights[name + ".weight"], weights[name + ".bias"])
@@ -219,17 +220,16 @@ def stacked_logits(base: TinyTransformer, weights: dict[str, torch.Tensor], toke
     for i, block in enumerate(base.blocks):
         prefix = f"blocks.{i}."
         for index, (sublayer, name) in enumerate(((attention, "attn"), (ffn, "ffn"))):
-            norm_in = (prefix + f"norm_{name}", getattr(block, f"norm_{name}"))
+            norm_in = f"{prefix}norm_{name}"
             if block.placement == "pre":
-                x = x + sublayer(norm(x, *norm_in), prefix)
+                x = x + sublayer(norm(x, norm_in), prefix)
             elif block.placement == "sandwich":
-                out = prefix + f"norm_{name}_out"
-                x = x + norm(sublayer(norm(x, *norm_in), prefix), out, getattr(block, out.split(".")[-1]))
+                x = x + norm(sublayer(norm(x, norm_in), prefix), norm_in + "_out")
             else:                                          # y = N(alpha x + F(x)); alpha = 1 is Post-LN
                 alpha = weights[prefix + "residual_scale"][:, index].reshape(k, 1, 1)
-                x = norm(alpha * x + sublayer(x, prefix), *norm_in)
+                x = norm(alpha * x + sublayer(x, prefix), norm_in)
     if isinstance(base.final_norm, torch.nn.LayerNorm):
-        x = norm(x, "final_norm", base.final_norm)
+        x = norm(x, "final_norm")
     return _linear(x, weights["head.weight"], weights["head.bias"]).reshape(k, b, s, -1)
 
 
