@@ -307,10 +307,15 @@ def attention_entropy(probs):
 '''
 
 
-def _with_entropy(source):
+def _with_cell(grade_id, source):
+    """ps06's solution notebook with the learner cell ``grade_id`` replaced by ``source``."""
     nb = copy.deepcopy(_notebook("ps06_transformers"))
-    next(c for c in nb.cells if _meta(c).get("grade_id") == "attention_entropy_code").source = source
+    next(c for c in nb.cells if _meta(c).get("grade_id") == grade_id).source = source
     return nb
+
+
+def _with_entropy(source):
+    return _with_cell("attention_entropy_code", source)
 
 
 def test_a_warning_fails_the_entropy_cells_in_the_kernel():
@@ -370,12 +375,6 @@ def residual_block(x, sublayer, norm, placement):
 '''
 
 
-def _with_residual_block(source):
-    nb = copy.deepcopy(_notebook("ps06_transformers"))
-    next(c for c in nb.cells if _meta(c).get("grade_id") == "residual_block_code").source = source
-    return nb
-
-
 @pytest.mark.slow
 def test_a_promised_exception_is_graded_in_the_recheck():
     """A residual_block that returns instead of raising, or that raises something else after rebinding
@@ -386,8 +385,8 @@ def test_a_promised_exception_is_graded_in_the_recheck():
 
     outcomes = {}
     with Host("ps06_transformers", sandbox=availability()[0], torch=True) as host:
-        for name, nb in (("never", _with_residual_block(_RESIDUAL_NEVER_RAISES)),
-                         ("rebinds", _with_residual_block(_RESIDUAL_REBINDS_VALUE_ERROR)),
+        for name, nb in (("never", _with_cell("residual_block_code", _RESIDUAL_NEVER_RAISES)),
+                         ("rebinds", _with_cell("residual_block_code", _RESIDUAL_REBINDS_VALUE_ERROR)),
                          ("solution", _notebook("ps06_transformers"))):
             host.reset(None)
             outcomes[name] = recheck_notebook(nb, "ps06_transformers", host, grade_ids=["residual_block"]
